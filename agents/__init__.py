@@ -1,0 +1,19 @@
+"""Multi-task SAC: networks, per-task replay and the agent with per-task loss vectors."""
+
+from agents.mtsac import MTSAC, Reducer, SACConfig, mean_reducer
+from agents.networks import MLP, Actor, MultiHeadLinear, TaskMLP, TwinCritic
+from agents.replay import Batch, MultiTaskReplay
+
+__all__ = [
+    "MLP",
+    "MTSAC",
+    "Actor",
+    "Batch",
+    "MultiHeadLinear",
+    "MultiTaskReplay",
+    "Reducer",
+    "SACConfig",
+    "TaskMLP",
+    "TwinCritic",
+    "mean_reducer",
+]

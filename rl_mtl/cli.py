@@ -1,0 +1,20 @@
+"""Command-line plumbing shared by the entry points: one-line errors with exit status 2, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import NoReturn
+
+
+class Parser(argparse.ArgumentParser):
+    """``ArgumentParser`` whose errors are one line (``prog: error: --flag: message``) and exit with status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(self.prog, message)
+
+
+def fail(prog: str, message: str) -> NoReturn:
+    """Print ``prog: error: message`` on stderr and exit 2 (the convention of argparse usage errors)."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)

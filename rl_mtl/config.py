@@ -1,0 +1,305 @@
+"""Run configuration: one flat frozen dataclass, YAML presets from ``configs/``, CLI overrides, validation.
+
+Every option is a field of :class:`TrainConfig` and is reachable by its name with ``--set name=value``; the
+presets in ``configs/`` are flat YAML files overriding the defaults. Validation happens in ``__post_init__`` so
+that a bad value fails with a :class:`ConfigError` naming the flag before any environment is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+#: training methods known to the trainer; gradient combiners join this list when they are routed (issue 4)
+METHODS: tuple[str, ...] = ("mtsac",)
+METHOD_ALIASES: dict[str, str] = {"mean": "mtsac"}
+
+
+class ConfigError(ValueError):
+    """A bad option: ``flag`` names the command-line flag (``--steps``, ``--set batch_size``) at fault."""
+
+    def __init__(self, flag: str, message: str) -> None:
+        super().__init__(f"{flag}: {message}")
+        self.flag = flag
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs; the resolved copy is saved as ``config.yaml`` in the run directory."""
+
+    # --- what to train
+    env: str = "mt10"
+    """Benchmark: ``mt10``, ``mt50`` or ``mt1:<task>`` (Meta-World spelling, e.g. ``mt1:reach-v3``)."""
+    method: str = "mtsac"
+    """Multi-task optimisation method (``mtsac`` = plain multi-task SAC, losses averaged over tasks)."""
+    seed: int = 0
+    """Seeds torch, numpy, the replay sampler and the environments."""
+    device: str = "auto"
+    """Learner device: ``auto`` (cuda when available), ``cpu`` or ``cuda``."""
+    torch_threads: int = 0
+    """Intra-op threads for torch on the CPU; 0 keeps torch's default."""
+
+    # --- loop
+    steps: int = 2_000_000
+    """Loop steps; each steps every task's environment once and runs ``updates_per_step`` updates."""
+    warmup_steps: int = 1500
+    """Loop steps of uniformly random actions before the first update."""
+    updates_per_step: int = 1
+    """Gradient updates per loop step after the warm-up."""
+    batch_size: int = 1280
+    """Transitions per update, split equally over the tasks (must be a multiple of the task count)."""
+    buffer_size: int = 1_000_000
+    """Replay capacity in transitions over all tasks (each task gets ``buffer_size // K``)."""
+
+    # --- environment
+    max_episode_steps: int = 500
+    """Episode length (time-limit truncation, bootstrapped through)."""
+    reward_version: str = "v2"
+    """Meta-World reward function: ``v2`` (default, in [0, 10]) or ``v1``."""
+    fixed_goals: bool = False
+    """Freeze one goal per task for the whole run (the published v1 protocol) instead of a new goal per reset."""
+    one_hot: bool = True
+    """Append the one-hot task id to the observation (39 + K dims)."""
+    vector_strategy: str = "sync"
+    """How the vector env steps its environments: ``sync`` (in-process) or ``async`` (worker processes)."""
+
+    # --- agent
+    hidden_sizes: tuple[int, ...] = (400, 400, 400)
+    """Hidden layer widths of the actor and of each critic."""
+    arch: str = "shared"
+    """``shared`` (one MLP, task from the one-hot) or ``multihead`` (shared trunk, one output head per task)."""
+    gamma: float = 0.99
+    """Discount factor."""
+    tau: float = 0.005
+    """Polyak rate of the target critics."""
+    actor_lr: float = 3e-4
+    """Adam learning rate of the actor."""
+    critic_lr: float = 3e-4
+    """Adam learning rate of the twin critics."""
+    alpha_lr: float = 3e-4
+    """Adam learning rate of the entropy temperatures."""
+    init_alpha: float = 1.0
+    """Initial entropy temperature."""
+    shared_alpha: bool = False
+    """One temperature for all tasks instead of one per task."""
+    target_entropy: float | None = None
+    """Entropy target of each temperature; ``None`` means ``-action_dim``."""
+    actor_update_every: int = 1
+    """Update the actor (and temperatures) every this many critic updates."""
+    target_update_every: int = 1
+    """Polyak-update the target critics every this many critic updates."""
+    grad_clip: float = 0.0
+    """Clip each network's gradient norm to this value; 0 disables."""
+
+    # --- evaluation, logging, checkpoints
+    eval_every: int = 30_000
+    """Evaluate the deterministic policy every this many loop steps (and at the end); 0 evaluates only at the end."""
+    eval_episodes: int = 10
+    """Evaluation episodes per task."""
+    log_every: int = 1000
+    """Write training scalars every this many loop steps."""
+    checkpoint_every: int = 50_000
+    """Checkpoint every this many loop steps (and on SIGINT/SIGTERM and at the end); 0 disables the periodic ones."""
+    save_replay: bool = False
+    """Also checkpoint the replay buffer (can be GBs) so a resumed run continues with its data."""
+
+    # --- provenance (filled by the loader, not meant to be set by hand)
+    preset: str = field(default="", compare=False)
+    """Name of the preset the config started from."""
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    # ------------------------------------------------------------------ derived views
+    def env_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`envs.metaworld.make_env` (besides name and seed)."""
+        return {
+            "max_episode_steps": self.max_episode_steps,
+            "reward_version": self.reward_version,
+            "fixed_goals": self.fixed_goals,
+            "one_hot": self.one_hot,
+            "vector_strategy": self.vector_strategy,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain YAML-able dict (tuples as lists)."""
+        out = dataclasses.asdict(self)
+        out["hidden_sizes"] = list(self.hidden_sizes)
+        return out
+
+
+# ---------------------------------------------------------------------- validation
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "device": ("auto", "cpu", "cuda"),
+    "reward_version": ("v1", "v2"),
+    "vector_strategy": ("sync", "async"),
+    "arch": ("shared", "multihead"),
+}
+_POSITIVE_INT = ("steps", "batch_size", "buffer_size", "max_episode_steps", "eval_episodes", "log_every",
+                 "updates_per_step", "actor_update_every", "target_update_every")
+_NON_NEGATIVE_INT = ("warmup_steps", "eval_every", "checkpoint_every", "torch_threads", "seed")
+_POSITIVE_FLOAT = ("actor_lr", "critic_lr", "alpha_lr", "init_alpha")
+_ENV_PATTERN = re.compile(r"^(mt10|mt50|mt1:[a-z0-9-]+)$")
+
+
+def _flag(name: str) -> str:
+    """The command-line spelling of a field: dedicated flags for the common ones, ``--set name`` otherwise."""
+    return f"--{name}" if name in ("env", "method", "seed", "device", "steps") else f"--set {name}"
+
+
+def _validate(cfg: TrainConfig) -> None:
+    """Raise :class:`ConfigError` for the first invalid field."""
+    if not _ENV_PATTERN.match(cfg.env):
+        raise ConfigError("--env", f"unknown environment '{cfg.env}'; valid: mt10, mt50, mt1:<task> (e.g. mt1:reach-v3)")
+    if cfg.method not in METHODS:
+        raise ConfigError("--method", f"unknown method '{cfg.method}'; known: {', '.join(METHODS)}")
+    for name, choices in _CHOICES.items():
+        if getattr(cfg, name) not in choices:
+            raise ConfigError(_flag(name), f"'{getattr(cfg, name)}' is not one of {', '.join(choices)}")
+    for name in _POSITIVE_INT:
+        if getattr(cfg, name) < 1:
+            raise ConfigError(_flag(name), f"must be an integer >= 1, got {getattr(cfg, name)}")
+    for name in _NON_NEGATIVE_INT:
+        if getattr(cfg, name) < 0:
+            raise ConfigError(_flag(name), f"must be an integer >= 0, got {getattr(cfg, name)}")
+    for name in _POSITIVE_FLOAT:
+        if not getattr(cfg, name) > 0:
+            raise ConfigError(_flag(name), f"must be > 0, got {getattr(cfg, name)}")
+    if not 0.0 <= cfg.gamma < 1.0:
+        raise ConfigError("--set gamma", f"must be in [0, 1), got {cfg.gamma}")
+    if not 0.0 < cfg.tau <= 1.0:
+        raise ConfigError("--set tau", f"must be in (0, 1], got {cfg.tau}")
+    if cfg.grad_clip < 0:
+        raise ConfigError("--set grad_clip", f"must be >= 0 (0 disables), got {cfg.grad_clip}")
+    if not cfg.hidden_sizes or any(h < 1 for h in cfg.hidden_sizes):
+        raise ConfigError("--set hidden_sizes", f"must be a non-empty list of positive widths, got {cfg.hidden_sizes}")
+    k = num_tasks(cfg.env)
+    if cfg.batch_size % k:
+        raise ConfigError("--set batch_size", f"must be a multiple of the {k} tasks of {cfg.env}, got {cfg.batch_size}")
+    if cfg.buffer_size < k:
+        raise ConfigError("--set buffer_size", f"must give each of the {k} tasks at least one slot, got {cfg.buffer_size}")
+
+
+def num_tasks(env: str) -> int:
+    """Task count of a benchmark name (10, 50 or 1)."""
+    return {"mt10": 10, "mt50": 50}.get(env, 1)
+
+
+# ---------------------------------------------------------------------- loading and overrides
+def presets() -> list[str]:
+    """Names of the YAML presets in ``configs/``."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """The overrides of preset ``name`` (``configs/<name>.yaml``), checked for unknown keys."""
+    path = CONFIG_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError("--config", f"unknown preset '{name}'; known: {', '.join(presets())}")
+    return _read_yaml(path, "--config")
+
+
+def _read_yaml(path: Path, flag: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(flag, f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(flag, f"{path} must hold a mapping of option: value")
+    unknown = sorted(set(data) - set(field_names()))
+    if unknown:
+        raise ConfigError(flag, f"{path} has unknown option(s) {', '.join(unknown)}")
+    return data
+
+
+def field_names() -> list[str]:
+    """All option names, in declaration order."""
+    return [f.name for f in fields(TrainConfig)]
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """``["key=value", ...]`` → typed overrides; values are parsed as YAML (``hidden_sizes=256,256`` works too)."""
+    out: dict[str, Any] = {}
+    names = field_names()
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError("--set", f"expected key=value, got '{item}'")
+        if key not in names:
+            raise ConfigError("--set", f"unknown option '{key}'; known: {', '.join(n for n in names if n != 'preset')}")
+        out[key] = _coerce(key, raw.strip())
+    return out
+
+
+def _coerce(name: str, raw: Any) -> Any:
+    """Convert a YAML/CLI value to the field's type, raising :class:`ConfigError` naming the field."""
+    hint = typing.get_type_hints(TrainConfig)[name]
+    value = yaml.safe_load(raw) if isinstance(raw, str) else raw
+    try:
+        if name == "hidden_sizes":
+            if isinstance(value, int):
+                value = [value]
+            elif isinstance(value, str):
+                value = [int(v) for v in value.replace("x", ",").split(",") if v.strip()]
+            return tuple(int(v) for v in value)
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+            raise TypeError
+        if hint is int:
+            if isinstance(value, bool) or not float(value).is_integer():
+                raise TypeError
+            return int(float(value))  # accepts 2e6
+        if hint is float:
+            return float(value)
+        if hint == (float | None):
+            return None if value in (None, "none", "None") else float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        expected = {bool: "true/false", int: "an integer", float: "a number"}.get(hint, str(hint))
+        raise ConfigError(_flag(name), f"expected {expected}, got '{raw}'") from None
+
+
+def build_config(
+    preset: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    base: Mapping[str, Any] | None = None,
+) -> TrainConfig:
+    """Defaults ← ``base`` (a saved config) or preset ← overrides, coerced and validated."""
+    values: dict[str, Any] = {}
+    if base is not None:
+        values.update(base)
+    elif preset:
+        values.update(load_preset(preset))
+        values["preset"] = preset
+    values.update(overrides or {})
+    values["method"] = METHOD_ALIASES.get(values.get("method", "mtsac"), values.get("method", "mtsac"))
+    typed = {k: (_coerce(k, v) if k != "preset" else str(v)) for k, v in values.items()}
+    return TrainConfig(**typed)
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """A saved ``config.yaml`` as a dict (for ``--resume`` and ``rl_mtl.evaluate``)."""
+    if not path.is_file():
+        raise ConfigError("--resume", f"no saved config at {path}")
+    return _read_yaml(path, "--resume")
+
+
+def save_config(cfg: TrainConfig, path: Path) -> None:
+    """Write the resolved config as flat YAML."""
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def config_table(cfg: TrainConfig) -> str:
+    """Markdown table of every resolved option (TensorBoard text at step 0, as CleanRL does)."""
+    rows = "\n".join(f"|{k}|{v}|" for k, v in cfg.to_dict().items())
+    return f"|option|value|\n|-|-|\n{rows}"

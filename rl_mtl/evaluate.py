@@ -1,0 +1,217 @@
+"""Score a policy on a multi-task benchmark with Meta-World's protocol (DESIGN §8).
+
+Every task runs ``episodes`` episodes, all tasks stepping in parallel; an episode ends at its first success
+(``terminate_on_success``) or at the time limit, and counts as a success if the success flag was reached at any
+step.  Goals are drawn from the task's 50 at every reset unless the env was built with fixed goals.
+
+The evaluator cuts episodes at success itself (resetting only that task's sub-env), so it gives the same numbers on
+an env it builds and on a reused training env that does not terminate on success.  A reused env comes back with
+its goal RNG restored, so evaluations do not perturb the training goal sequence, but its episodes were cut:
+call ``env.reset()`` before resuming training on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from envs.metaworld import MultiTaskVectorEnv, make_env
+
+#: a batched policy: (N, obs_dim) observations, one row per task → (N, action_dim) actions
+Policy = Callable[[np.ndarray], np.ndarray]
+
+#: ``make_env`` options an evaluation config may override
+_ENV_OPTIONS = ("max_episode_steps", "reward_version", "fixed_goals", "one_hot", "vector_strategy")
+
+
+@dataclasses.dataclass
+class EvaluationResult:
+    """Per-task evaluation outcome; every mapping holds each task name and ``"mean"`` (mean over tasks)."""
+
+    success_rate: dict[str, float]
+    mean_return: dict[str, float]
+    mean_length: dict[str, float]
+    episodes: int
+
+
+def evaluate_policy(
+    policy: Policy,
+    env: str | MultiTaskVectorEnv = "mt10",
+    episodes: int = 10,
+    seed: int = 0,
+    config: Mapping[str, Any] | None = None,
+) -> dict[str, float]:
+    """Success rate of ``policy`` per task (task name → rate) plus ``"mean"`` over tasks.
+
+    ``env`` is a benchmark name (built here with ``config``'s ``make_env`` overrides, closed afterwards) or a
+    built :class:`MultiTaskVectorEnv` (reused, not closed).  Same seed and deterministic policy → same result.
+    """
+    return evaluate_detailed(policy, env, episodes=episodes, seed=seed, config=config).success_rate
+
+
+def evaluate_detailed(
+    policy: Policy,
+    env: str | MultiTaskVectorEnv = "mt10",
+    episodes: int = 10,
+    seed: int = 0,
+    config: Mapping[str, Any] | None = None,
+) -> EvaluationResult:
+    """Like :func:`evaluate_policy`, also returning per-task mean episode return and length (for logging)."""
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    if isinstance(env, MultiTaskVectorEnv):
+        if config:
+            raise ValueError("config overrides apply only when env is a name; got a built env and a config")
+        state = env.rng_state()
+        try:
+            return _run(policy, env, episodes, seed)
+        finally:
+            env.set_rng_state(state)
+    options = dict(config or {})
+    unknown = sorted(set(options) - set(_ENV_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown evaluation config keys {unknown}; valid: {list(_ENV_OPTIONS)}")
+    with make_env(env, seed, terminate_on_success=True, **options) as built:
+        return _run(policy, built, episodes, seed)
+
+
+def _run(policy: Policy, env: MultiTaskVectorEnv, episodes: int, seed: int) -> EvaluationResult:
+    """Run exactly ``episodes`` episodes per task on ``env``, cutting each at its first success."""
+    k = env.num_tasks
+    counts = np.zeros(k, dtype=np.int64)
+    successes = np.zeros(k, dtype=np.int64)
+    return_sums = np.zeros(k, dtype=np.float64)
+    length_sums = np.zeros(k, dtype=np.int64)
+    # the evaluator's own episode accumulators: a reused env's episodes do not end at success
+    ep_return = np.zeros(k, dtype=np.float64)
+    ep_length = np.zeros(k, dtype=np.int64)
+    obs = env.reset(seed=seed)
+    # every episode ends by the time limit at the latest; the bound turns a broken env into an error, not a hang
+    max_steps = episodes * (env.max_episode_steps + 1) + 1
+    steps = 0
+    while np.any(counts < episodes):
+        if steps >= max_steps:
+            raise RuntimeError(f"evaluation did not finish within {max_steps} steps (counts {counts.tolist()})")
+        steps += 1
+        actions = np.asarray(policy(obs), dtype=np.float32)
+        if actions.shape != (k, env.action_dim):
+            raise ValueError(f"policy returned shape {actions.shape}, expected {(k, env.action_dim)}")
+        result = env.step(actions)
+        ep_return += result.reward
+        ep_length += 1
+        ended = result.done | result.success
+        counting = ended & (counts < episodes)
+        successes[counting] += result.success[counting]
+        return_sums[counting] += ep_return[counting]
+        length_sums[counting] += ep_length[counting]
+        counts[counting] += 1
+        ep_return[ended] = 0.0
+        ep_length[ended] = 0
+        obs = result.obs
+        # an episode that succeeded without the env ending it is cut here; tasks already done keep running
+        # unobserved (the vector env steps all tasks) so they need no reset
+        cut = result.success & ~result.done & (counts < episodes)
+        if np.any(cut):
+            obs = env.reset_tasks(cut)
+
+    names = env.task_names
+    rates = successes / episodes
+    returns = return_sums / episodes
+    lengths = length_sums / episodes
+    return EvaluationResult(
+        success_rate=_with_mean(names, rates),
+        mean_return=_with_mean(names, returns),
+        mean_length=_with_mean(names, lengths),
+        episodes=episodes,
+    )
+
+
+def _with_mean(names: list[str], values: np.ndarray) -> dict[str, float]:
+    """``{task: value, ..., "mean": mean over tasks}`` with plain floats."""
+    out = {name: float(v) for name, v in zip(names, values, strict=True)}
+    out["mean"] = float(np.mean(values))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Command line: `python -m rl_mtl.evaluate --run DIR | --checkpoint FILE [--episodes 50] [--seed S]`
+PROG = "python -m rl_mtl.evaluate"
+
+
+def load_agent(checkpoint_file: Path, device: str = "cpu") -> tuple[Any, Any]:
+    """The agent and run config stored in a training checkpoint (``runs/<run>/checkpoints/last.pt``)."""
+    import torch
+
+    from agents.mtsac import MTSAC
+    from rl_mtl import checkpoint
+    from rl_mtl.config import build_config, num_tasks
+    from rl_mtl.trainer import resolve_device, sac_config
+
+    state = checkpoint.load(checkpoint_file, map_location="cpu")
+    cfg = build_config(base=state["config"])
+    dev = resolve_device(device)
+    obs_dim = 39 + (num_tasks(cfg.env) if cfg.one_hot else 0)
+    agent = MTSAC(obs_dim, 4, num_tasks(cfg.env), sac_config(cfg), dev)
+    try:
+        agent.load_full_state_dict(state["agent"])
+    except (KeyError, RuntimeError) as exc:
+        raise checkpoint.CheckpointError(f"checkpoint file {checkpoint_file} has no matching agent ({exc})") from None
+    torch.set_grad_enabled(False)
+    return agent, cfg
+
+
+def format_table(result: Mapping[str, float]) -> str:
+    """Per-task success as an aligned text table, the mean last."""
+    width = max(len(k) for k in result)
+    rows = [f"{'task':<{width}}  success", f"{'-' * width}  -------"]
+    rows += [f"{k:<{width}}  {v:7.3f}" for k, v in result.items() if k != "mean"]
+    rows.append(f"{'mean':<{width}}  {result['mean']:7.3f}")
+    return "\n".join(rows)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m rl_mtl.evaluate --run DIR | --checkpoint FILE [--episodes N] [--seed S]``."""
+    from rl_mtl import checkpoint
+    from rl_mtl.cli import Parser, fail
+    from rl_mtl.config import ConfigError
+
+    parser = Parser(prog=PROG, description="Success rate per task of a trained policy (deterministic actions).")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", help="run directory (uses its checkpoints/last.pt)")
+    source.add_argument("--checkpoint", help="checkpoint file")
+    parser.add_argument("--episodes", type=int, default=10, help="episodes per task (Meta-World's official: 50)")
+    parser.add_argument("--seed", type=int, default=0, help="evaluation seed (goals and resets)")
+    parser.add_argument("--device", default="cpu", help="auto | cpu | cuda")
+    parser.add_argument("--out", help="where to write the JSON result (default: <run>/eval.json)")
+    args = parser.parse_args(argv)
+    if args.episodes < 1:
+        fail(PROG, f"--episodes: must be an integer >= 1, got {args.episodes}")
+    ckpt = Path(args.checkpoint) if args.checkpoint else Path(args.run) / "checkpoints" / checkpoint.CHECKPOINT_NAME
+    try:
+        agent, cfg = load_agent(ckpt, args.device)
+    except checkpoint.CheckpointError as exc:
+        fail(PROG, f"{'--checkpoint' if args.checkpoint else '--run'}: {exc}")
+    except ConfigError as exc:
+        fail(PROG, str(exc))
+    task_ids = np.arange(agent.num_tasks)
+
+    def policy(obs: np.ndarray) -> np.ndarray:
+        return agent.act(obs, task_ids[: len(obs)], deterministic=True)
+
+    result = evaluate_policy(policy, env=cfg.env, episodes=args.episodes, seed=args.seed, config=cfg.env_kwargs())
+    print(format_table(result))
+    out = Path(args.out) if args.out else (Path(args.run) if args.run else ckpt.parent.parent) / "eval.json"
+    payload = {"checkpoint": str(ckpt), "episodes": args.episodes, "seed": args.seed, "success": result}
+    out.write_text(json.dumps(payload, indent=2))
+    print(f"written {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+

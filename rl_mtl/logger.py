@@ -1,0 +1,122 @@
+"""The one place that writes logs: TensorBoard scalars and text, a long-format CSV, and the console progress bar.
+
+Values are recorded any number of times between two dumps (``record`` / ``record_tasks``) and averaged at the
+dump; tensors stay on their device until then, so recording costs no host synchronisation on the hot path.
+Tags are grouped by prefix: ``train/``, ``eval/``, ``loss/``, ``alpha/``, ``perf/``.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+
+class Logger:
+    """Averages recorded values per interval and writes them to TensorBoard, ``metrics.csv`` and the console."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        task_names: Sequence[str],
+        total_steps: int,
+        start_step: int = 0,
+        progress: bool = True,
+    ) -> None:
+        from torch.utils.tensorboard import SummaryWriter  # heavy import, only when a run starts
+
+        self.run_dir = Path(run_dir)
+        self.task_names = list(task_names)
+        # purge_step drops events a crashed run wrote after its last checkpoint (those at the checkpoint's own step
+        # were written before it was saved), so a resumed curve is continuous
+        self.writer = SummaryWriter(str(self.run_dir), purge_step=start_step + 1 if start_step > 0 else None)
+        csv_path = self.run_dir / "metrics.csv"
+        new_file = not csv_path.exists()
+        self._csv_file = open(csv_path, "a", newline="")
+        self._csv = csv.writer(self._csv_file)
+        if new_file:
+            self._csv.writerow(["step", "key", "value"])
+        self._sums: dict[str, Tensor | float] = {}
+        self._counts: dict[str, int] = {}
+        self.bar = tqdm(total=total_steps, initial=start_step, disable=not progress, unit="step",
+                        dynamic_ncols=True, smoothing=0.05)
+        self._postfix: dict[str, str] = {}
+
+    # ------------------------------------------------------------------ recording
+    def record(self, key: str, value: float | Tensor) -> None:
+        """Add one observation of a scalar; the dump writes the mean of the interval."""
+        if isinstance(value, Tensor):
+            value = value.detach().float()
+        self._sums[key] = self._sums[key] + value if key in self._sums else value
+        self._counts[key] = self._counts.get(key, 0) + 1
+
+    def record_tasks(self, prefix: str, values: Tensor | Sequence[float], mean: bool = True) -> None:
+        """Record a per-task vector (K,) as ``prefix/<task>`` and, with ``mean``, ``prefix/mean``."""
+        values = torch.as_tensor(values).detach().float().reshape(-1)
+        key = f"{prefix}/__vector__"
+        self._sums[key] = self._sums[key] + values if key in self._sums else values
+        self._counts[key] = self._counts.get(key, 0) + 1
+        if mean:
+            self.record(f"{prefix}/mean", values.mean())
+
+    def record_task(self, prefix: str, task: int, value: float) -> None:
+        """Record one task's value (e.g. a finished episode's return) as ``prefix/<task name>``."""
+        self.record(f"{prefix}/{self.task_names[task]}", float(value))
+
+    # ------------------------------------------------------------------ writing
+    def dump(self, step: int) -> dict[str, float]:
+        """Write the interval means at ``step``, clear them, and return them (for the progress bar and tests)."""
+        out: dict[str, float] = {}
+        for key, total in self._sums.items():
+            count = self._counts[key]
+            if key.endswith("/__vector__"):
+                prefix = key[: -len("/__vector__")]
+                vector = (total / count).cpu().tolist()
+                for name, v in zip(self.task_names, vector):
+                    out[f"{prefix}/{name}"] = float(v)
+            else:
+                out[key] = float(total) / count
+        for key, value in out.items():
+            if math.isfinite(value):
+                self.writer.add_scalar(key, value, step)
+            self._csv.writerow([step, key, value])
+        self._csv_file.flush()
+        self.writer.flush()
+        self._sums.clear()
+        self._counts.clear()
+        return out
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        """Write already-aggregated scalars (evaluation results) immediately."""
+        for key, value in values.items():
+            self.writer.add_scalar(key, value, step)
+            self._csv.writerow([step, key, value])
+        self._csv_file.flush()
+        self.writer.flush()
+
+    def text(self, tag: str, text: str, step: int = 0) -> None:
+        """TensorBoard text (the resolved config at step 0)."""
+        self.writer.add_text(tag, text, step)
+
+    def progress(self, step: int, **postfix: float | str) -> None:
+        """Advance the console bar to ``step`` and update the shown figures (steps/s, latest success, ...)."""
+        for key, value in postfix.items():
+            self._postfix[key] = f"{value:.3g}" if isinstance(value, float) else str(value)
+        if postfix:
+            self.bar.set_postfix(self._postfix, refresh=False)
+        self.bar.update(step - self.bar.n)
+
+    def message(self, text: str) -> None:
+        """A console line that does not break the progress bar."""
+        self.bar.write(text)
+
+    def close(self) -> None:
+        """Flush and close every writer."""
+        self.bar.close()
+        self.writer.close()
+        self._csv_file.close()

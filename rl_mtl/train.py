@@ -1,0 +1,116 @@
+"""``python -m rl_mtl.train``: parse the command line, resolve the config, run the :class:`~rl_mtl.trainer.Trainer`.
+
+Examples::
+
+    python -m rl_mtl.train --env mt10 --method mtsac --config mt10_cpu --steps 20000 --seed 1
+    python -m rl_mtl.train --env mt1:reach-v3 --config mt10_cpu --set hidden_sizes=64,64 --set batch_size=64
+    python -m rl_mtl.train --logdir runs/mt10_mtsac_seed1 --resume
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+from rl_mtl import checkpoint
+from rl_mtl.cli import Parser, fail
+from rl_mtl.config import (
+    METHODS,
+    ConfigError,
+    TrainConfig,
+    build_config,
+    field_names,
+    load_config_file,
+    parse_set,
+    presets,
+)
+
+PROG = "python -m rl_mtl.train"
+#: options a resumed run may change; anything else must match the saved config
+RESUMABLE = {"steps", "eval_every", "eval_episodes", "log_every", "checkpoint_every", "save_replay", "device",
+             "torch_threads"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The trainer's command line."""
+    parser = Parser(prog=PROG, description="Train multi-task SAC on Meta-World.",
+                    formatter_class=argparse.RawDescriptionHelpFormatter,
+                    epilog="Every option of the config is reachable with --set NAME=VALUE:\n  "
+                    + ", ".join(n for n in field_names() if n != "preset"))
+    parser.add_argument("--env", help="mt10 | mt50 | mt1:<task> (default: the preset's, mt10)")
+    parser.add_argument("--method", help=f"one of: {', '.join(METHODS)} (alias: mean)")
+    parser.add_argument("--config", default="mt10", help=f"preset from configs/: {', '.join(presets())}")
+    parser.add_argument("--steps", help="loop steps (each steps all K envs once)")
+    parser.add_argument("--seed", help="random seed")
+    parser.add_argument("--device", help="auto | cpu | cuda")
+    parser.add_argument("--logdir", help="run directory (default: runs/<env>_<method>_seed<seed>)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --logdir from its checkpoint")
+    parser.add_argument("--save-replay", action="store_true", help="also checkpoint the replay buffer")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="override any option")
+    parser.add_argument("--no-progress", action="store_true", help="no console progress bar")
+    return parser
+
+
+def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The options given on the command line (dedicated flags, then ``--set``), untyped."""
+    out: dict[str, Any] = {k: getattr(args, k) for k in ("env", "method", "steps", "seed", "device")
+                           if getattr(args, k) is not None}
+    if args.save_replay:
+        out["save_replay"] = True
+    out.update(parse_set(args.set))
+    return out
+
+
+def default_run_dir(cfg: TrainConfig) -> Path:
+    """``runs/<env>_<method>_seed<seed>`` with the env name made path-safe."""
+    return Path("runs") / f"{re.sub(r'[^A-Za-z0-9_.-]', '-', cfg.env)}_{cfg.method}_seed{cfg.seed}"
+
+
+def resolve(args: argparse.Namespace) -> tuple[TrainConfig, Path]:
+    """Config and run directory from the arguments; raises :class:`ConfigError` naming the flag at fault."""
+    overrides = cli_overrides(args)
+    if not args.resume:
+        cfg = build_config(args.config, overrides)
+        run_dir = Path(args.logdir) if args.logdir else default_run_dir(cfg)
+        if (run_dir / "checkpoints" / checkpoint.CHECKPOINT_NAME).exists():
+            raise ConfigError("--logdir", f"{run_dir} already holds a run; pass --resume to continue it "
+                                          "or choose another --logdir")
+        return cfg, run_dir
+    if args.logdir:
+        run_dir = Path(args.logdir)
+    else:
+        run_dir = default_run_dir(build_config(args.config, overrides))
+    saved = load_config_file(run_dir / "config.yaml")
+    cfg = build_config(base=saved, overrides=overrides)
+    old = build_config(base=saved)
+    changed = [n for n in field_names() if n != "preset" and getattr(cfg, n) != getattr(old, n)]
+    frozen = [n for n in changed if n not in RESUMABLE]
+    if frozen:
+        raise ConfigError(f"--set {frozen[0]}" if frozen[0] not in ("env", "method", "seed") else f"--{frozen[0]}",
+                          f"cannot change '{frozen[0]}' when resuming (only {', '.join(sorted(RESUMABLE))})")
+    return cfg, run_dir
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        cfg, run_dir = resolve(args)
+        from rl_mtl.trainer import Trainer  # heavy imports (torch, metaworld) only once the input is valid
+
+        trainer = Trainer(cfg, run_dir, resume=args.resume, progress=not args.no_progress)
+    except ConfigError as exc:
+        fail(PROG, str(exc))
+    except checkpoint.CheckpointError as exc:
+        fail(PROG, f"--resume: {exc}")
+    result = trainer.run()
+    if result.get("interrupted"):
+        return 130
+    print(f"final eval success {result['mean']:.3f} ({run_dir / 'summary.json'})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

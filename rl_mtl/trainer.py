@@ -1,0 +1,250 @@
+"""The training loop: collect one vector step, update the agent, log, evaluate, checkpoint.
+
+It wires the pieces together and holds no maths: the SAC losses live in ``agents/mtsac.py``, the environments in
+``envs/metaworld.py``, evaluation in ``rl_mtl/evaluate.py``. A loop step steps every task's environment once
+(K transitions) and, after the warm-up, runs ``updates_per_step`` updates.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from agents.mtsac import MTSAC, SACConfig
+from agents.replay import MultiTaskReplay
+from envs.metaworld import MultiTaskVectorEnv, make_env
+from rl_mtl import checkpoint
+from rl_mtl.config import ConfigError, TrainConfig, config_table, save_config
+from rl_mtl.evaluate import evaluate_policy
+from rl_mtl.logger import Logger
+
+#: evaluation environments are seeded apart from the training ones
+EVAL_SEED_OFFSET = 10_000
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → cuda when available; ``cuda`` without CUDA is a :class:`ConfigError` naming ``--device``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device", "cuda was asked for but CUDA is not available here; use --device cpu or auto")
+    return torch.device(name)
+
+
+def sac_config(cfg: TrainConfig) -> SACConfig:
+    """The agent's view of the run config."""
+    return SACConfig(
+        hidden_sizes=cfg.hidden_sizes, arch=cfg.arch, gamma=cfg.gamma, tau=cfg.tau, actor_lr=cfg.actor_lr,
+        critic_lr=cfg.critic_lr, alpha_lr=cfg.alpha_lr, init_alpha=cfg.init_alpha, shared_alpha=cfg.shared_alpha,
+        target_entropy=cfg.target_entropy, actor_update_every=cfg.actor_update_every,
+        target_update_every=cfg.target_update_every, grad_clip=cfg.grad_clip,
+    )
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """One training run in ``run_dir``; ``resume=True`` continues from ``run_dir/checkpoints/last.pt``."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool = True) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.device = resolve_device(cfg.device)
+        if cfg.torch_threads:
+            torch.set_num_threads(cfg.torch_threads)
+        seed_everything(cfg.seed)
+        self.ckpt_path = self.run_dir / "checkpoints" / checkpoint.CHECKPOINT_NAME
+        state = checkpoint.load(self.ckpt_path, map_location=self.device) if resume else None
+
+        self.env: MultiTaskVectorEnv = make_env(cfg.env, seed=cfg.seed, **cfg.env_kwargs())
+        self.eval_env: MultiTaskVectorEnv | None = None
+        self.num_tasks = self.env.num_tasks
+        self.task_ids = np.arange(self.num_tasks)
+        self.agent = MTSAC(self.env.obs_dim, self.env.action_dim, self.num_tasks, sac_config(cfg), self.device)
+        self.replay = MultiTaskReplay(self.num_tasks, self.env.obs_dim, self.env.action_dim,
+                                      cfg.buffer_size // self.num_tasks, self.device, seed=cfg.seed)
+        self.action_rng = np.random.default_rng(cfg.seed)
+        self.step = 0
+        self.updates_from = cfg.warmup_steps  # the loop step from which updates run
+        self.evals: list[dict[str, Any]] = []
+        if state is not None:
+            self._restore(state)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.run_dir / "config.yaml")
+        self.logger = Logger(self.run_dir, self.env.task_names, cfg.steps, start_step=self.step, progress=progress)
+        if state is None:
+            self.logger.text("config", config_table(cfg))
+        self._stop_signal: int | None = None
+
+    # ------------------------------------------------------------------ main loop
+    def run(self) -> dict[str, Any]:
+        """Train to ``cfg.steps`` (or until SIGINT/SIGTERM, which checkpoints first); returns the final evaluation."""
+        cfg = self.cfg
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        obs = self.env.reset(seed=cfg.seed + self.step)
+        t_interval, steps_interval, sim_time, update_time = time.perf_counter(), 0, 0.0, 0.0
+        updates_interval = 0
+        try:
+            while self.step < cfg.steps and self._stop_signal is None:
+                t0 = time.perf_counter()
+                if self.step < cfg.warmup_steps:
+                    actions = self.action_rng.uniform(-1.0, 1.0, (self.num_tasks, self.env.action_dim))
+                    actions = actions.astype(np.float32)
+                else:
+                    actions = self.agent.act(obs, self.task_ids, deterministic=False)
+                result = self.env.step(actions)
+                self.replay.add(obs, actions, result.reward, result.next_obs, result.terminated)
+                obs = result.obs
+                self._record_episodes(result)
+                t1 = time.perf_counter()
+                if self.step >= self.updates_from:
+                    for _ in range(cfg.updates_per_step):
+                        metrics = self.agent.update(self.replay.sample(cfg.batch_size))
+                        self._record_update(metrics)
+                    updates_interval += cfg.updates_per_step
+                sim_time += t1 - t0
+                update_time += time.perf_counter() - t1
+                self.step += 1
+                steps_interval += 1
+                self.logger.progress(self.step)
+
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    elapsed = time.perf_counter() - t_interval
+                    self.logger.record("perf/loop_steps_per_s", steps_interval / elapsed)
+                    self.logger.record("perf/env_steps_per_s", steps_interval * self.num_tasks / elapsed)
+                    self.logger.record("perf/updates_per_s", updates_interval / elapsed)
+                    self.logger.record("perf/sim_ms", 1e3 * sim_time / steps_interval)
+                    self.logger.record("perf/update_ms", 1e3 * update_time / max(updates_interval, 1))
+                    self.logger.record("perf/replay_mb", self.replay.memory_bytes / 2**20)
+                    out = self.logger.dump(self.step)
+                    self.logger.progress(self.step, sps=steps_interval / elapsed,
+                                         train_success=out.get("train/success/mean", float("nan")))
+                    t_interval, steps_interval, sim_time, update_time, updates_interval = (
+                        time.perf_counter(), 0, 0.0, 0.0, 0)
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
+                    self.evaluate()
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                    self.save()
+            if self._stop_signal is not None:
+                self.save()
+                self.logger.message(
+                    f"interrupted by signal {self._stop_signal} at step {self.step}; checkpoint saved to "
+                    f"{self.ckpt_path}; continue with --resume --logdir {self.run_dir}")
+                return {"interrupted": True, "step": self.step}
+            final = self.evaluate()
+            self.save()
+            (self.run_dir / "summary.json").write_text(json.dumps(self._summary(final), indent=2))
+            return final
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.close()
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        """First signal: stop after the current step and checkpoint; a second one aborts at once."""
+        if self._stop_signal is not None:
+            raise KeyboardInterrupt
+        self._stop_signal = signum
+
+    # ------------------------------------------------------------------ logging helpers
+    def _record_episodes(self, result: Any) -> None:
+        """Per-task and mean return/success of the episodes that ended in this step."""
+        for k in np.flatnonzero(result.done):
+            self.logger.record_task("train/return", k, result.episode_return[k])
+            self.logger.record_task("train/success", k, float(result.episode_success[k]))
+            self.logger.record("train/return/mean", float(result.episode_return[k]))
+            self.logger.record("train/success/mean", float(result.episode_success[k]))
+
+    def _record_update(self, metrics: dict[str, torch.Tensor]) -> None:
+        """Per-task vectors (K,) go under ``<key>/<task>`` (+ mean); scalars as they are."""
+        for key, value in metrics.items():
+            value = torch.as_tensor(value)
+            if value.ndim == 1 and value.numel() == self.num_tasks:
+                self.logger.record_tasks(key, value)
+            else:
+                self.logger.record(key, value.float().mean())
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self) -> dict[str, float]:
+        """Deterministic-policy success per task on the evaluation env; logged under ``eval/success/``."""
+        if self.eval_env is None:
+            self.eval_env = make_env(self.cfg.env, seed=self.cfg.seed + EVAL_SEED_OFFSET, **self.cfg.env_kwargs())
+        t0 = time.perf_counter()
+        result = evaluate_policy(self._deterministic_policy, env=self.eval_env, episodes=self.cfg.eval_episodes,
+                                 seed=self.cfg.seed + EVAL_SEED_OFFSET)
+        self.logger.scalars({f"eval/success/{k}": v for k, v in result.items()}, self.step)
+        self.logger.scalars({"perf/eval_s": time.perf_counter() - t0}, self.step)
+        record = {"step": self.step, **result}
+        self.evals.append(record)
+        with open(self.run_dir / "evals.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        self.logger.progress(self.step, eval_success=result["mean"])
+        self.logger.message(f"step {self.step}: eval success {result['mean']:.3f}")
+        return result
+
+    def _deterministic_policy(self, obs: np.ndarray) -> np.ndarray:
+        return self.agent.act(obs, self.task_ids[: len(obs)], deterministic=True)
+
+    def _summary(self, final: dict[str, float]) -> dict[str, Any]:
+        """``summary.json``: the final evaluation (the reported score) and the max over training, labelled."""
+        best = max(self.evals, key=lambda e: e["mean"]) if self.evals else {"mean": float("nan"), "step": -1}
+        return {"final": final, "final_step": self.step, "max_over_training": best["mean"],
+                "max_over_training_step": best["step"], "history": self.evals}
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self) -> None:
+        """Atomically write agent, optimisers, counters, RNG states and config (and the replay if asked)."""
+        state = {
+            "format_version": checkpoint.FORMAT_VERSION,
+            "step": self.step,
+            "updates_from": self.updates_from,
+            "config": self.cfg.to_dict(),
+            "agent": self.agent.full_state_dict(),
+            "replay": self.replay.state_dict(include_data=False),
+            "rng": checkpoint.rng_state(),
+            "action_rng": self.action_rng.bit_generator.state,
+            "evals": self.evals,
+        }
+        if self.cfg.save_replay:
+            replay = {"format_version": checkpoint.FORMAT_VERSION, "replay": self.replay.state_dict(include_data=True)}
+            checkpoint.save_atomic(replay, self.ckpt_path.parent / checkpoint.REPLAY_NAME)
+        checkpoint.save_atomic(state, self.ckpt_path)
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint; without saved replay data, refill with the restored policy first."""
+        try:
+            self.agent.load_full_state_dict(state["agent"])
+            self.replay.load_state_dict(state["replay"])
+            self.step = int(state["step"])
+            self.updates_from = int(state["updates_from"])
+            self.evals = list(state["evals"])
+            checkpoint.set_rng_state(state["rng"])
+            self.action_rng.bit_generator.state = state["action_rng"]
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise checkpoint.CheckpointError(
+                f"checkpoint file {self.ckpt_path} does not match this run's config ({exc})") from None
+        replay_path = self.ckpt_path.parent / checkpoint.REPLAY_NAME
+        if replay_path.is_file():
+            self.replay.load_state_dict(checkpoint.load(replay_path, map_location=self.device)["replay"])
+        if len(self.replay) == 0 and self.step < self.cfg.steps:
+            # the replay was not saved: collect warmup_steps of fresh data with the restored policy first
+            self.updates_from = self.step + self.cfg.warmup_steps
+
+    def close(self) -> None:
+        """Close the environments and the logger."""
+        self.logger.close()
+        self.env.close()
+        if self.eval_env is not None:
+            self.eval_env.close()

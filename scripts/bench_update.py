@@ -1,0 +1,74 @@
+"""Milliseconds per multi-task SAC update for the default (mt10) and CPU (mt10_cpu) configs.
+
+Measured in one process on random replay data of MT10's shapes (obs 49, action 4, K = 10), so the figures are
+the learner's cost alone. Prints a table, the ratio default/cpu, and a last line ``update_ms_default=<x>``.
+
+    python scripts/bench_update.py [--device cpu|cuda] [--repeats 30] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from agents.mtsac import MTSAC
+from agents.replay import MultiTaskReplay
+from rl_mtl.config import build_config
+from rl_mtl.trainer import resolve_device, sac_config
+
+OBS_DIM, ACTION_DIM, K = 49, 4, 10
+
+
+def time_update(preset: str, device: torch.device, repeats: int, warmup: int = 5) -> list[float]:
+    """Per-update wall times (ms) of the preset's network and batch size on a filled replay."""
+    cfg = build_config(preset)
+    torch.manual_seed(0)
+    agent = MTSAC(OBS_DIM, ACTION_DIM, K, sac_config(cfg), device)
+    replay = MultiTaskReplay(K, OBS_DIM, ACTION_DIM, 2_000, device, seed=0)
+    rng = np.random.default_rng(0)
+    for _ in range(2_000):
+        replay.add(rng.normal(size=(K, OBS_DIM)), rng.uniform(-1, 1, (K, ACTION_DIM)), rng.uniform(0, 10, K),
+                   rng.normal(size=(K, OBS_DIM)), rng.uniform(size=K) < 0.01)
+    times = []
+    for i in range(warmup + repeats):
+        batch = replay.sample(cfg.batch_size)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        agent.update(batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(1e3 * (time.perf_counter() - t0))
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    print(f"device={device} torch_threads={torch.get_num_threads()}")
+    print(f"{'preset':<10} {'hidden':<16} {'batch':>6} {'median_ms':>10} {'p10_ms':>8} {'p90_ms':>8}")
+    medians = {}
+    for preset in ("mt10", "mt10_cpu"):
+        cfg = build_config(preset)
+        times = sorted(time_update(preset, device, args.repeats))
+        medians[preset] = statistics.median(times)
+        p10, p90 = times[len(times) // 10], times[(9 * len(times)) // 10]
+        print(f"{preset:<10} {str(cfg.hidden_sizes):<16} {cfg.batch_size:>6} {medians[preset]:>10.2f} "
+              f"{p10:>8.2f} {p90:>8.2f}")
+    print(f"ratio_default_vs_cpu={medians['mt10'] / medians['mt10_cpu']:.2f}")
+    print(f"update_ms_default={medians['mt10']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""Config presets, overrides and the trainer's bad-input errors (one line, exit 2, flag named, no traceback)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rl_mtl.config import ConfigError, TrainConfig, build_config, field_names, parse_set, presets
+from rl_mtl.train import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_presets_exist_and_load() -> None:
+    assert {"mt10", "mt10_paper", "mt10_cpu"} <= set(presets())
+    paper = build_config("mt10_paper")
+    assert (paper.max_episode_steps, paper.fixed_goals, paper.one_hot, paper.shared_alpha) == (150, True, False, True)
+    full = build_config("mt10")
+    assert (full.steps, full.batch_size, full.buffer_size, full.hidden_sizes) == (2_000_000, 1280, 1_000_000,
+                                                                                  (400, 400, 400))
+    assert (full.max_episode_steps, full.fixed_goals, full.one_hot, full.shared_alpha) == (500, False, True, False)
+    cpu = build_config("mt10_cpu")
+    assert cpu.steps == 20_000 and len(cpu.hidden_sizes) == 2 and cpu.batch_size % 10 == 0
+
+
+def test_required_fields_reachable_by_name() -> None:
+    for name in ("steps", "warmup_steps", "batch_size", "hidden_sizes", "eval_every", "eval_episodes",
+                 "checkpoint_every", "log_every"):
+        assert name in field_names()
+
+
+def test_set_overrides_are_typed() -> None:
+    cfg = build_config("mt10_cpu", parse_set(["hidden_sizes=64,32", "steps=2e3", "target_entropy=-2",
+                                              "one_hot=false", "actor_lr=1e-3", "env=mt1:reach-v3",
+                                              "batch_size=7"]))
+    assert cfg.hidden_sizes == (64, 32) and cfg.steps == 2000 and cfg.target_entropy == -2.0
+    assert cfg.one_hot is False and cfg.actor_lr == 1e-3 and cfg.batch_size == 7
+    assert build_config("mt10_cpu", parse_set(["hidden_sizes=[8, 8]"])).hidden_sizes == (8, 8)
+
+
+def test_config_roundtrip_through_dict() -> None:
+    cfg = build_config("mt10_cpu", {"seed": 3})
+    assert build_config(base=cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize(
+    ("items", "flag"),
+    [
+        (["batch_size=33"], "--set batch_size"),
+        (["gamma=1.5"], "--set gamma"),
+        (["steps=0"], "--steps"),
+        (["steps=abc"], "--steps"),
+        (["one_hot=maybe"], "--set one_hot"),
+        (["arch=tower"], "--set arch"),
+        (["hidden_sizes=0,4"], "--set hidden_sizes"),
+        (["unknown_option=1"], "--set"),
+        (["no_equals_sign"], "--set"),
+    ],
+)
+def test_bad_values_name_the_flag(items: list[str], flag: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config("mt10_cpu", parse_set(items))
+    assert str(info.value).startswith(flag + ":")
+
+
+def test_dataclass_validates_directly() -> None:
+    with pytest.raises(ConfigError, match="--env"):
+        TrainConfig(env="atari")
+    with pytest.raises(ConfigError, match="--method.*known: mtsac"):
+        TrainConfig(method="nope")
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--env", "atari"], "--env: unknown environment 'atari'; valid: mt10, mt50, mt1:<task>"),
+        (["--method", "nope"], "--method: unknown method 'nope'; known: mtsac"),
+        (["--config", "nope"], "--config: unknown preset 'nope'; known: mt10, mt10_cpu, mt10_paper"),
+        (["--steps", "-5"], "--steps: must be an integer >= 1, got -5"),
+        (["--set", "batch_size"], "--set: expected key=value, got 'batch_size'"),
+        (["--set", "tau=7"], "--set tau: must be in (0, 1], got 7.0"),
+        (["--seed", "x"], "--seed: expected an integer, got 'x'"),
+    ],
+)
+def test_cli_bad_input_one_line_exit_2(argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv + ["--logdir", "/nonexistent/never-written"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0]
+
+
+def test_cli_cuda_without_cuda(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(SystemExit) as info:
+        main(["--env", "mt1:reach-v3", "--device", "cuda", "--logdir", str(tmp_path / "run")])
+    assert info.value.code == 2
+    assert "--device: cuda was asked for but CUDA is not available" in capsys.readouterr().err
+
+
+def test_cli_resume_without_run(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--resume", "--logdir", str(tmp_path / "missing")])
+    assert info.value.code == 2
+    assert "no saved config" in capsys.readouterr().err
+
+
+def test_cli_subprocess_has_no_traceback() -> None:
+    proc = subprocess.run([sys.executable, "-m", "rl_mtl.train", "--method", "imgrad_typo"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "--method" in proc.stderr
