@@ -1,6 +1,6 @@
 """Multi-task SAC: networks, per-task replay and the agent with per-task loss vectors."""
 
-from agents.mtsac import MTSAC, Reducer, SACConfig, mean_reducer
+from agents.mtsac import MTSAC, Reducer, SACConfig, TaskLoss, mean_reducer
 from agents.networks import MLP, Actor, MultiHeadLinear, TaskMLP, TwinCritic
 from agents.replay import Batch, MultiTaskReplay
 
@@ -13,6 +13,7 @@ __all__ = [
     "MultiTaskReplay",
     "Reducer",
     "SACConfig",
+    "TaskLoss",
     "TaskMLP",
     "TwinCritic",
     "mean_reducer",

@@ -3,8 +3,10 @@
 Every loss is a K-vector: entry k is the mean over task k's rows of a batch laid out ``[K, n, ...]``, so the
 mean over K equals the plain single-task SAC loss on the flattened batch.  The vectors are reduced to
 gradients in exactly one place, :meth:`MTSAC._step`, through ``self.reducers[name]`` (``"critic"``,
-``"actor"``); the default reducer is ``losses.mean().backward()``.  A gradient combiner plugs in by replacing a
-reducer — the agent never names one.  The temperature step always uses the plain mean: per-task ``log α_k``
+``"actor"``); the default reducer is ``losses.mean().backward()``.  Each reducer receives a :class:`TaskLoss`:
+a thunk computing the loss vector with its graph, plus one task's loss as a function of a parameter dict and
+the batch tensors with their task axis, so a gradient combiner can take all K per-task gradients (and the
+losses) in one ``vmap`` pass (``rl_mtl/pertask.py``) by replacing a reducer — the agent never names one.  The temperature step always uses the plain mean: per-task ``log α_k``
 are task-specific parameters (DESIGN §4).
 
 The per-task loss functions (:meth:`MTSAC.critic_loss_fn`, :meth:`MTSAC.actor_loss_fn`) take an optional
@@ -30,13 +32,34 @@ from torch.func import functional_call
 from agents.networks import ARCHS, Actor, TwinCritic
 from agents.replay import Batch
 
-#: maps a (K,) loss vector to gradients written into each parameter's ``.grad``
-Reducer = Callable[[Tensor, list[nn.Parameter]], None]
+@dataclass(frozen=True)
+class TaskLoss:
+    """A per-task loss as handed to a reducer.
+
+    params: name → the parameters the step updates;
+    batched: ``() -> (losses (K,), aux)`` — every task's loss at once, with its autograd graph (the plain path);
+    fn: ONE task's ``fn(params_dict, *inputs_k) -> (loss (), aux)`` for ``torch.func`` (None where the loss is
+    never combined); inputs: tensors with a leading task axis K (that task's rows, targets, noise, temperature).
+    ``aux`` is what the agent needs back besides the losses (Q values, log-probabilities).
+    """
+
+    params: dict[str, nn.Parameter]
+    batched: Callable[[], tuple[Tensor, Tensor]]
+    fn: Callable[..., tuple[Tensor, Tensor]] | None = None
+    inputs: tuple[Tensor, ...] = ()
 
 
-def mean_reducer(losses: Tensor, params: list[nn.Parameter]) -> None:
-    """Plain multi-task SAC: the gradient of the mean over tasks, accumulated into ``params`` only."""
-    losses.mean().backward(inputs=params)
+#: writes the gradient of a reduction of the task losses into ``TaskLoss.params``' ``.grad`` and returns the
+#: detached ``(losses (K,), aux)`` it computed on the way (a combiner takes them from its vmapped pass, so the
+#: forward pass is never run twice)
+Reducer = Callable[[TaskLoss], tuple[Tensor, Tensor]]
+
+
+def mean_reducer(task_loss: TaskLoss) -> tuple[Tensor, Tensor]:
+    """Plain multi-task SAC: the gradient of the mean over tasks, accumulated into its parameters only."""
+    losses, aux = task_loss.batched()
+    losses.mean().backward(inputs=list(task_loss.params.values()))
+    return losses.detach(), aux.detach()
 
 
 @dataclass(frozen=True)
@@ -225,25 +248,41 @@ class MTSAC(nn.Module):
         return (self.alpha[:, None] * (-log_prob.detach() - self.target_entropy)).mean(-1)
 
     # ------------------------------------------------------------------ the update
-    def _step(self, name: str, losses: Tensor, params: list[nn.Parameter], optimizer: torch.optim.Optimizer) -> None:
-        """The one place a loss vector (K,) becomes an optimiser step.
+    def _step(self, name: str, task_loss: TaskLoss, optimizer: torch.optim.Optimizer) -> tuple[Tensor, Tensor]:
+        """The one place a loss vector (K,) becomes an optimiser step; returns the detached ``(losses, aux)``.
 
         Gradients come from ``self.reducers[name]`` (``mean_reducer`` by default; always for ``"alpha"``).
         A non-finite loss or gradient skips the step and counts it, leaving weights and optimiser state intact.
-        Deciding to skip is this step's single host synchronisation.
+        Deciding to skip is this step's single host synchronisation. A reducer with an ``after_step`` method is
+        told once the parameters have moved (FAMO measures the loss decrease on the same batch).
         """
+        params = list(task_loss.params.values())
         optimizer.zero_grad(set_to_none=True)
         reducer = mean_reducer if name == "alpha" else self.reducers[name]
-        reducer(losses, params)
+        losses, aux = reducer(task_loss)
         grads = [p.grad for p in params if p.grad is not None]
         grad_norm = torch.nn.utils.get_total_norm(grads)
         if not bool(torch.isfinite(losses).all() & torch.isfinite(grad_norm)):
             optimizer.zero_grad(set_to_none=True)
             self.skipped_steps += 1
-            return
+            return losses, aux
         if self.cfg.grad_clip > 0.0:
             torch.nn.utils.clip_grads_with_norm_(params, self.cfg.grad_clip, grad_norm)
         optimizer.step()
+        after_step = getattr(reducer, "after_step", None)
+        if after_step is not None:
+            after_step(task_loss)
+        return losses, aux
+
+    def _critic_task_loss(self, params: dict[str, Tensor], obs: Tensor, action: Tensor, task: Tensor,
+                          target: Tensor) -> tuple[Tensor, Tensor]:
+        """One task's critic loss and Q1 values as a function of the critic's parameters (for ``torch.func``)."""
+        return self.critic_loss_fn(obs, action, task, target, params)
+
+    def _actor_task_loss(self, params: dict[str, Tensor], obs: Tensor, task: Tensor, alpha: Tensor,
+                         noise: Tensor) -> tuple[Tensor, Tensor]:
+        """One task's actor loss and log-probabilities as a function of the actor's parameters."""
+        return self.actor_loss_fn(obs, task, alpha, noise, params)
 
     @torch.no_grad()
     def _update_target(self) -> None:
@@ -259,20 +298,24 @@ class MTSAC(nn.Module):
         """
         metrics: dict[str, Tensor] = {}
         target = self.critic_targets(batch)
-        critic_loss, q1 = self.critic_loss_fn(batch.obs, batch.action, batch.task, target)
-        self._step("critic", critic_loss, list(self.critic.parameters()), self.critic_optimizer)
-        metrics["loss/critic"] = critic_loss.detach()
-        metrics["q_mean"] = q1.detach().mean(-1)
+        critic_inputs = (batch.obs, batch.action, batch.task, target)
+        critic_loss, q1 = self._step("critic", TaskLoss(
+            dict(self.critic.named_parameters()), lambda: self.critic_loss_fn(*critic_inputs),
+            self._critic_task_loss, critic_inputs), self.critic_optimizer)
+        metrics["loss/critic"] = critic_loss
+        metrics["q_mean"] = q1.mean(-1)
 
         if self.num_updates % self.cfg.actor_update_every == 0:
-            noise = torch.randn_like(batch.action)
-            actor_loss, log_prob = self.actor_loss_fn(batch.obs, batch.task, self.alpha.detach(), noise)
-            self._step("actor", actor_loss, list(self.actor.parameters()), self.actor_optimizer)
-            alpha_loss = self.alpha_losses(log_prob)
-            self._step("alpha", alpha_loss, [self.log_alpha], self.alpha_optimizer)
-            metrics["loss/actor"] = actor_loss.detach()
-            metrics["loss/alpha"] = alpha_loss.detach()
-            metrics["entropy"] = -log_prob.detach().mean(-1)
+            actor_inputs = (batch.obs, batch.task, self.alpha.detach(), torch.randn_like(batch.action))
+            actor_loss, log_prob = self._step("actor", TaskLoss(
+                dict(self.actor.named_parameters()), lambda: self.actor_loss_fn(*actor_inputs),
+                self._actor_task_loss, actor_inputs), self.actor_optimizer)
+            # temperatures are task-specific parameters: always the plain step, never a combiner (DESIGN §4)
+            alpha_loss, _ = self._step("alpha", TaskLoss(
+                {"log_alpha": self.log_alpha}, lambda: (self.alpha_losses(log_prob), log_prob)), self.alpha_optimizer)
+            metrics["loss/actor"] = actor_loss
+            metrics["loss/alpha"] = alpha_loss
+            metrics["entropy"] = -log_prob.mean(-1)
 
         if self.num_updates % self.cfg.target_update_every == 0:
             self._update_target()

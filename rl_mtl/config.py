@@ -16,11 +16,14 @@ from typing import Any, Mapping
 
 import yaml
 
+from rl_mtl import combiners
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
-#: training methods known to the trainer; gradient combiners join this list when they are routed (issue 4)
-METHODS: tuple[str, ...] = ("mtsac",)
+#: ``mtsac`` (plain: the per-task losses are averaged) and every gradient combiner of the registry
+METHODS: tuple[str, ...] = ("mtsac", *(name for name in combiners.names() if name != "mean"))
 METHOD_ALIASES: dict[str, str] = {"mean": "mtsac"}
+COMBINE_PARTS = ("critic", "actor")
 
 
 class ConfigError(ValueError):
@@ -46,6 +49,12 @@ class TrainConfig:
     """Learner device: ``auto`` (cuda when available), ``cpu`` or ``cuda``."""
     torch_threads: int = 0
     """Intra-op threads for torch on the CPU; 0 keeps torch's default."""
+    combiner: dict[str, Any] = field(default_factory=dict)
+    """Hyperparameters of the method's gradient combiner (``--set combiner.c=0.5``); see ``--help``."""
+    combine: str = "auto"
+    """Losses routed through the combiner: ``critic,actor``, ``critic``, ``actor``; ``auto`` = both, FAMO critic."""
+    diag_every: int = 10
+    """Compute the per-task gradient diagnostics (imbalance, cos θ, Pareto failures) every this many updates."""
 
     # --- loop
     steps: int = 2_000_000
@@ -133,6 +142,7 @@ class TrainConfig:
         """Plain YAML-able dict (tuples as lists)."""
         out = dataclasses.asdict(self)
         out["hidden_sizes"] = list(self.hidden_sizes)
+        out["combiner"] = dict(self.combiner)
         return out
 
 
@@ -145,7 +155,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 }
 _POSITIVE_INT = ("steps", "batch_size", "buffer_size", "max_episode_steps", "eval_episodes", "log_every",
                  "updates_per_step", "actor_update_every", "target_update_every")
-_NON_NEGATIVE_INT = ("warmup_steps", "eval_every", "checkpoint_every", "torch_threads", "seed")
+_NON_NEGATIVE_INT = ("warmup_steps", "eval_every", "checkpoint_every", "torch_threads", "seed", "diag_every")
 _POSITIVE_FLOAT = ("actor_lr", "critic_lr", "alpha_lr", "init_alpha")
 _ENV_PATTERN = re.compile(r"^(mt10|mt50|mt1:[a-z0-9-]+)$")
 
@@ -181,11 +191,44 @@ def _validate(cfg: TrainConfig) -> None:
         raise ConfigError("--set grad_clip", f"must be >= 0 (0 disables), got {cfg.grad_clip}")
     if not cfg.hidden_sizes or any(h < 1 for h in cfg.hidden_sizes):
         raise ConfigError("--set hidden_sizes", f"must be a non-empty list of positive widths, got {cfg.hidden_sizes}")
+    _validate_combiner(cfg)
     k = num_tasks(cfg.env)
     if cfg.batch_size % k:
         raise ConfigError("--set batch_size", f"must be a multiple of the {k} tasks of {cfg.env}, got {cfg.batch_size}")
     if cfg.buffer_size < k:
         raise ConfigError("--set buffer_size", f"must give each of the {k} tasks at least one slot, got {cfg.buffer_size}")
+
+
+def _validate_combiner(cfg: TrainConfig) -> None:
+    """``combine`` names known losses; ``combiner.*`` hyperparameters exist for the method and are in range."""
+    if cfg.combine != "auto":
+        parts = [p.strip() for p in cfg.combine.split(",")]
+        if not parts or any(p not in COMBINE_PARTS for p in parts) or len(set(parts)) != len(parts):
+            raise ConfigError("--set combine", f"'{cfg.combine}' must be auto or a list of {', '.join(COMBINE_PARTS)}")
+    if cfg.method == "mtsac":
+        if cfg.combiner:
+            raise ConfigError(f"--set combiner.{next(iter(cfg.combiner))}", "method mtsac has no combiner options")
+        return
+    known = combiners.hparams(cfg.method)
+    for name in cfg.combiner:
+        if name not in known or name == "seed":
+            allowed = ", ".join(k for k in known if k != "seed")
+            raise ConfigError(f"--set combiner.{name}", f"unknown option of {cfg.method}; known: {allowed}")
+    try:
+        combiners.make(cfg.method, **cfg.combiner)
+    except (ValueError, TypeError) as exc:
+        name = next((n for n in cfg.combiner if n in str(exc)), next(iter(cfg.combiner), ""))
+        flag = f"--set combiner.{name}" if name else "--method"
+        raise ConfigError(flag, str(exc)) from None
+
+
+def method_help() -> str:
+    """One line per method with its combiner hyperparameters and defaults (for ``--help``)."""
+    lines = ["mtsac: plain multi-task SAC (mean of the per-task losses; alias mean)"]
+    for name in METHODS[1:]:
+        options = ", ".join(f"{k}={v!r}" for k, v in combiners.hparams(name).items() if k != "seed")
+        lines.append(f"{name}: {options or '(no options)'}")
+    return "\n  ".join(lines)
 
 
 def num_tasks(env: str) -> int:
@@ -234,6 +277,9 @@ def parse_set(items: list[str]) -> dict[str, Any]:
         key = key.strip()
         if not sep or not key:
             raise ConfigError("--set", f"expected key=value, got '{item}'")
+        if key.startswith("combiner.") and len(key) > len("combiner."):
+            out.setdefault("combiner", {})[key[len("combiner."):]] = yaml.safe_load(raw.strip())
+            continue
         if key not in names:
             raise ConfigError("--set", f"unknown option '{key}'; known: {', '.join(n for n in names if n != 'preset')}")
         out[key] = _coerce(key, raw.strip())
@@ -244,6 +290,10 @@ def _coerce(name: str, raw: Any) -> Any:
     """Convert a YAML/CLI value to the field's type, raising :class:`ConfigError` naming the field."""
     hint = typing.get_type_hints(TrainConfig)[name]
     value = yaml.safe_load(raw) if isinstance(raw, str) else raw
+    if name == "combiner":
+        if not isinstance(value, dict):
+            raise ConfigError("--set combiner", f"expected a mapping of option: value, got '{raw}'")
+        return dict(value)
     try:
         if name == "hidden_sizes":
             if isinstance(value, int):
@@ -281,7 +331,10 @@ def build_config(
     elif preset:
         values.update(load_preset(preset))
         values["preset"] = preset
-    values.update(overrides or {})
+    overrides = dict(overrides or {})
+    # combiner options merge key by key (a preset's c survives --set combiner.rescale=...)
+    values["combiner"] = {**values.get("combiner", {}), **overrides.pop("combiner", {})}
+    values.update(overrides)
     values["method"] = METHOD_ALIASES.get(values.get("method", "mtsac"), values.get("method", "mtsac"))
     typed = {k: (_coerce(k, v) if k != "preset" else str(v)) for k, v in values.items()}
     return TrainConfig(**typed)

@@ -23,6 +23,7 @@ from rl_mtl.config import (
     build_config,
     field_names,
     load_config_file,
+    method_help,
     parse_set,
     presets,
 )
@@ -30,17 +31,19 @@ from rl_mtl.config import (
 PROG = "python -m rl_mtl.train"
 #: options a resumed run may change; anything else must match the saved config
 RESUMABLE = {"steps", "eval_every", "eval_episodes", "log_every", "checkpoint_every", "save_replay", "device",
-             "torch_threads"}
+             "torch_threads", "diag_every"}
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The trainer's command line."""
     parser = Parser(prog=PROG, description="Train multi-task SAC on Meta-World.",
                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                    epilog="Every option of the config is reachable with --set NAME=VALUE:\n  "
+                    epilog="methods and their combiner options (--set combiner.NAME=VALUE):\n  "
+                    + method_help()
+                    + "\n\nEvery option of the config is reachable with --set NAME=VALUE:\n  "
                     + ", ".join(n for n in field_names() if n != "preset"))
     parser.add_argument("--env", help="mt10 | mt50 | mt1:<task> (default: the preset's, mt10)")
-    parser.add_argument("--method", help=f"one of: {', '.join(METHODS)} (alias: mean)")
+    parser.add_argument("--method", help=f"one of: {', '.join(METHODS)} (mean = mtsac)")
     parser.add_argument("--config", default="mt10", help=f"preset from configs/: {', '.join(presets())}")
     parser.add_argument("--steps", help="loop steps (each steps all K envs once)")
     parser.add_argument("--seed", help="random seed")

@@ -24,6 +24,7 @@ from rl_mtl import checkpoint
 from rl_mtl.config import ConfigError, TrainConfig, config_table, save_config
 from rl_mtl.evaluate import evaluate_policy
 from rl_mtl.logger import Logger
+from rl_mtl.routing import build_steps
 
 #: evaluation environments are seeded apart from the training ones
 EVAL_SEED_OFFSET = 10_000
@@ -56,9 +57,16 @@ def seed_everything(seed: int) -> None:
 
 
 class Trainer:
-    """One training run in ``run_dir``; ``resume=True`` continues from ``run_dir/checkpoints/last.pt``."""
+    """One training run in ``run_dir``; ``resume=True`` continues from ``run_dir/checkpoints/last.pt``.
 
-    def __init__(self, cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool = True) -> None:
+    ``env`` may be a built environment matching the config (tests and sweeps reuse one; it is not closed here).
+    Evaluations run on the training env (the evaluator reseeds it with the evaluation seed, cuts episodes at
+    success and restores its goal RNG afterwards), which gives the same numbers as a separate env without
+    building and holding a second copy of every task; the training episodes in progress restart afterwards.
+    """
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool = True,
+                 env: MultiTaskVectorEnv | None = None) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.device = resolve_device(cfg.device)
@@ -68,11 +76,15 @@ class Trainer:
         self.ckpt_path = self.run_dir / "checkpoints" / checkpoint.CHECKPOINT_NAME
         state = checkpoint.load(self.ckpt_path, map_location=self.device) if resume else None
 
-        self.env: MultiTaskVectorEnv = make_env(cfg.env, seed=cfg.seed, **cfg.env_kwargs())
-        self.eval_env: MultiTaskVectorEnv | None = None
+        self._owns_env = env is None
+        self.env: MultiTaskVectorEnv = env if env is not None else make_env(cfg.env, seed=cfg.seed,
+                                                                            **cfg.env_kwargs())
         self.num_tasks = self.env.num_tasks
         self.task_ids = np.arange(self.num_tasks)
         self.agent = MTSAC(self.env.obs_dim, self.env.action_dim, self.num_tasks, sac_config(cfg), self.device)
+        # the critic and actor losses reach their optimisers through the method's combiner (DESIGN §1)
+        self.combined = build_steps(cfg.method, cfg.combiner, cfg.combine, cfg.diag_every, cfg.seed)
+        self.agent.reducers.update(self.combined)
         self.replay = MultiTaskReplay(self.num_tasks, self.env.obs_dim, self.env.action_dim,
                                       cfg.buffer_size // self.num_tasks, self.device, seed=cfg.seed)
         self.action_rng = np.random.default_rng(cfg.seed)
@@ -128,6 +140,7 @@ class Trainer:
                     self.logger.record("perf/sim_ms", 1e3 * sim_time / steps_interval)
                     self.logger.record("perf/update_ms", 1e3 * update_time / max(updates_interval, 1))
                     self.logger.record("perf/replay_mb", self.replay.memory_bytes / 2**20)
+                    self._record_combiners()
                     out = self.logger.dump(self.step)
                     self.logger.progress(self.step, sps=steps_interval / elapsed,
                                          train_success=out.get("train/success/mean", float("nan")))
@@ -135,6 +148,7 @@ class Trainer:
                         time.perf_counter(), 0, 0.0, 0.0, 0)
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
                     self.evaluate()
+                    obs = self.env.reset()
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     self.save()
             if self._stop_signal is not None:
@@ -176,13 +190,21 @@ class Trainer:
             else:
                 self.logger.record(key, value.float().mean())
 
+    def _record_combiners(self) -> None:
+        """Interval diagnostics of each combined loss: ``combiner/<loss>/...`` and ``progress/<loss>/<task>``."""
+        for part, step in self.combined.items():
+            scalars, vectors = step.pop_stats()
+            for key, value in scalars.items():
+                self.logger.record(f"combiner/{part}/{key}", value)
+            for key, vector in vectors.items():
+                prefix = f"progress/{part}" if key == "progress" else f"combiner/{part}/{key}"
+                self.logger.record_tasks(prefix, vector, mean=key != "weight")
+
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict[str, float]:
         """Deterministic-policy success per task on the evaluation env; logged under ``eval/success/``."""
-        if self.eval_env is None:
-            self.eval_env = make_env(self.cfg.env, seed=self.cfg.seed + EVAL_SEED_OFFSET, **self.cfg.env_kwargs())
         t0 = time.perf_counter()
-        result = evaluate_policy(self._deterministic_policy, env=self.eval_env, episodes=self.cfg.eval_episodes,
+        result = evaluate_policy(self._deterministic_policy, env=self.env, episodes=self.cfg.eval_episodes,
                                  seed=self.cfg.seed + EVAL_SEED_OFFSET)
         self.logger.scalars({f"eval/success/{k}": v for k, v in result.items()}, self.step)
         self.logger.scalars({"perf/eval_s": time.perf_counter() - t0}, self.step)
@@ -212,6 +234,7 @@ class Trainer:
             "updates_from": self.updates_from,
             "config": self.cfg.to_dict(),
             "agent": self.agent.full_state_dict(),
+            "combined": {part: step.state_dict() for part, step in self.combined.items()},
             "replay": self.replay.state_dict(include_data=False),
             "rng": checkpoint.rng_state(),
             "action_rng": self.action_rng.bit_generator.state,
@@ -226,6 +249,8 @@ class Trainer:
         """Continue from a checkpoint; without saved replay data, refill with the restored policy first."""
         try:
             self.agent.load_full_state_dict(state["agent"])
+            for part, step in self.combined.items():
+                step.load_state_dict(state["combined"][part])
             self.replay.load_state_dict(state["replay"])
             self.step = int(state["step"])
             self.updates_from = int(state["updates_from"])
@@ -245,6 +270,5 @@ class Trainer:
     def close(self) -> None:
         """Close the environments and the logger."""
         self.logger.close()
-        self.env.close()
-        if self.eval_env is not None:
-            self.eval_env.close()
+        if self._owns_env:
+            self.env.close()

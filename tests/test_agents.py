@@ -11,6 +11,7 @@ import torch
 from torch.func import grad, vmap
 
 from agents import MTSAC, Actor, Batch, MultiTaskReplay, SACConfig, TwinCritic
+from agents.mtsac import TaskLoss
 
 K, N_PER, OBS, ACT = 3, 8, 5, 2
 HIDDEN = (32, 32)
@@ -231,11 +232,13 @@ def test_critic_and_actor_steps_touch_only_their_parameters() -> None:
     agent = make_agent()
     b = make_batch()
     actor0, critic0 = snapshot(agent.actor), snapshot(agent.critic)
-    agent._step("critic", agent.critic_losses(b), list(agent.critic.parameters()), agent.critic_optimizer)
+    agent._step("critic", TaskLoss(dict(agent.critic.named_parameters()),
+                                   lambda: (agent.critic_losses(b), torch.zeros(K))), agent.critic_optimizer)
     assert same(actor0, snapshot(agent.actor)) and not same(critic0, snapshot(agent.critic))
     critic1 = snapshot(agent.critic)
     agent.critic_optimizer.zero_grad(set_to_none=True)
-    agent._step("actor", agent.actor_losses(b), list(agent.actor.parameters()), agent.actor_optimizer)
+    agent._step("actor", TaskLoss(dict(agent.actor.named_parameters()),
+                                  lambda: (agent.actor_losses(b), torch.zeros(K))), agent.actor_optimizer)
     assert same(critic1, snapshot(agent.critic)) and not same(actor0, snapshot(agent.actor))
     assert all(p.grad is None for p in agent.critic.parameters())
 
@@ -326,9 +329,15 @@ def test_reducer_is_the_single_seam() -> None:
     agent = make_agent()
     seen: list[tuple[int, ...]] = []
 
-    def recording(losses: torch.Tensor, params: list[torch.nn.Parameter]) -> None:
+    def recording(task_loss: TaskLoss) -> tuple[torch.Tensor, torch.Tensor]:
+        losses, aux = task_loss.batched()
         seen.append(tuple(losses.shape))
-        losses.sum().backward(inputs=params)
+        # the functional form gives the same per-task losses as the batched one
+        redo = torch.stack([task_loss.fn({k: v.detach() for k, v in task_loss.params.items()},
+                                         *(x[i] for x in task_loss.inputs))[0] for i in range(K)])
+        torch.testing.assert_close(redo, losses.detach(), rtol=1e-5, atol=1e-5)
+        losses.sum().backward(inputs=list(task_loss.params.values()))
+        return losses.detach(), aux.detach()
 
     agent.reducers["critic"] = recording
     agent.reducers["actor"] = recording

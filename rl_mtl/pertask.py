@@ -1,0 +1,63 @@
+"""Per-task gradients in one vectorised pass, their Gram matrix, and the write-back of a combined direction.
+
+The batch is laid out ``[K, n, ...]`` and task k's loss depends only on its own rows, so
+``vmap(grad(task_loss))`` over the task axis gives all K gradients of the shared parameters with roughly the FLOPs
+of one backward pass (DESIGN §4), instead of K backward passes as the papers' code does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.func import grad_and_value, vmap
+
+#: ONE task: ``fn(params, *inputs_k) -> (loss (), aux)`` where each input has the task axis removed
+TaskLossFn = Callable[..., tuple[Tensor, Tensor]]
+
+
+def per_task_gradients(
+    fn: TaskLossFn,
+    params: dict[str, Tensor],
+    inputs: Sequence[Tensor],
+    chunk_size: int | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """All K task gradients as one matrix, with the task losses and auxiliary outputs of the same pass.
+
+    fn: one task's ``fn(params, *inputs_k) -> (loss (), aux)``; params: name → tensor (the shared parameters,
+    detached); inputs: tensors of leading shape (K, ...). Returns ``G (K, m)`` with the parameters flattened in
+    ``params`` order, ``losses (K,)`` and ``aux (K, ...)``. ``chunk_size`` bounds vmap's memory for large K.
+    """
+    in_dims = (None, *([0] * len(inputs)))
+    grads, (losses, aux) = vmap(grad_and_value(fn, has_aux=True), in_dims=in_dims, chunk_size=chunk_size)(
+        params, *inputs
+    )
+    k = losses.shape[0]
+    return torch.cat([grads[name].reshape(k, -1) for name in params], dim=1), losses, aux
+
+
+def gram(G: Tensor) -> Tensor:
+    """The task Gram matrix ``G Gᵀ`` (K, K) in float64 (accumulated in G's precision, then widened)."""
+    return (G @ G.T).double()
+
+
+def write_direction(weights: Tensor, G: Tensor, params: Sequence[nn.Parameter]) -> Tensor:
+    """Write ``d = weightsᵀ G`` into each parameter's ``.grad`` (overwriting it; views of d); returns d (m,).
+
+    weights: (K,); G: (K, m) in the order of ``params``.
+    """
+    d = weights.to(G.dtype) @ G
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad = d[offset : offset + n].view_as(p)
+        offset += n
+    if offset != d.numel():
+        raise ValueError(f"direction has {d.numel()} entries but the parameters hold {offset}")
+    return d
+
+
+def detached_params(module: nn.Module) -> dict[str, Tensor]:
+    """``name → parameter`` detached, for ``functional_call`` inside ``grad``."""
+    return {name: p.detach() for name, p in module.named_parameters()}

@@ -1,0 +1,115 @@
+"""Cost of per-task gradients inside one multi-task SAC update, in one process (DESIGN §4, §9).
+
+Four updates on the same network and batch (default: 3×400 MLPs, batch 1280, K = 10, MT10's shapes):
+  plain      — plain MTSAC: one backward of the mean loss;
+  vmap       — all K per-task gradients with ``vmap(grad)``, their Gram, ``d = mean`` written back;
+  k_backward — the same with K separate backward passes (what the papers' code does);
+  imgrad     — the ``imgrad`` combiner on the vmap path (Gram + solve + write-back).
+Prints ms per update and the ratios; the last line is ``pertask_vs_plain=<x>`` (target ≤ 1.5 on CPU).
+
+    python scripts/bench_pertask.py [--preset mt10|mt10_cpu] [--device cpu|cuda] [--repeats 20] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from agents.mtsac import MTSAC, TaskLoss
+from agents.replay import MultiTaskReplay
+from rl_mtl.combiners import make
+from rl_mtl.config import build_config
+from rl_mtl.pertask import gram, per_task_gradients, write_direction
+from rl_mtl.routing import CombinedStep
+from rl_mtl.trainer import resolve_device, sac_config
+
+OBS_DIM, ACTION_DIM, K = 49, 4, 10
+
+
+def vmap_mean(task_loss: TaskLoss) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-task gradients by vmap, Gram, mean direction written back."""
+    params = {k: v.detach() for k, v in task_loss.params.items()}
+    G, losses, aux = per_task_gradients(task_loss.fn, params, task_loss.inputs)
+    gram(G)
+    write_direction(torch.full((K,), 1.0 / K, device=G.device), G, list(task_loss.params.values()))
+    return losses, aux
+
+
+def k_backward_mean(task_loss: TaskLoss) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-task gradients by K backward passes through the shared graph, Gram, mean direction written back."""
+    params = list(task_loss.params.values())
+    losses, aux = task_loss.batched()
+    rows = []
+    for k in range(K):
+        grads = torch.autograd.grad(losses[k], params, retain_graph=k < K - 1, allow_unused=True)
+        rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
+                               for g, p in zip(grads, params)]))
+    G = torch.stack(rows)
+    gram(G)
+    write_direction(torch.full((K,), 1.0 / K, device=G.device), G, params)
+    return losses.detach(), aux.detach()
+
+
+def time_variant(preset: str, device: torch.device, reducer: Callable[[], Callable[[TaskLoss], None]] | None,
+                 repeats: int, warmup: int = 3) -> float:
+    """Median ms per ``agent.update`` with a ``reducer()`` each on critic and actor (None = plain MTSAC)."""
+    cfg = build_config(preset)
+    torch.manual_seed(0)
+    agent = MTSAC(OBS_DIM, ACTION_DIM, K, sac_config(cfg), device)
+    if reducer is not None:
+        agent.reducers["critic"] = reducer()
+        agent.reducers["actor"] = reducer()
+    replay = MultiTaskReplay(K, OBS_DIM, ACTION_DIM, 1_000, device, seed=0)
+    rng = np.random.default_rng(0)
+    for _ in range(1_000):
+        replay.add(rng.normal(size=(K, OBS_DIM)), rng.uniform(-1, 1, (K, ACTION_DIM)), rng.uniform(0, 10, K),
+                   rng.normal(size=(K, OBS_DIM)), rng.uniform(size=K) < 0.01)
+    times = []
+    for i in range(warmup + repeats):
+        batch = replay.sample(cfg.batch_size)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        agent.update(batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(1e3 * (time.perf_counter() - t0))
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="mt10")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    cfg = build_config(args.preset)
+    print(f"device={device} threads={torch.get_num_threads()} preset={args.preset} hidden={cfg.hidden_sizes} "
+          f"batch={cfg.batch_size} K={K}")
+    variants: dict[str, Callable[[], Callable[[TaskLoss], None]] | None] = {
+        "plain": None,
+        "vmap": lambda: vmap_mean,
+        "k_backward": lambda: k_backward_mean,
+        "imgrad": lambda: CombinedStep(make("imgrad"), diag_every=0),
+    }
+    ms = {}
+    for name, reducer in variants.items():
+        ms[name] = time_variant(args.preset, device, reducer, args.repeats)
+        print(f"{name:<11} {ms[name]:9.2f} ms/update   x{ms[name] / ms['plain']:.2f} of plain")
+    print(f"k_backward_vs_vmap={ms['k_backward'] / ms['vmap']:.2f}")
+    print(f"imgrad_vs_plain={ms['imgrad'] / ms['plain']:.2f}")
+    print(f"pertask_vs_plain={ms['vmap'] / ms['plain']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
