@@ -249,8 +249,10 @@ class Trainer:
         """Continue from a checkpoint; without saved replay data, refill with the restored policy first."""
         try:
             self.agent.load_full_state_dict(state["agent"])
-            for part, step in self.combined.items():
-                step.load_state_dict(state["combined"][part])
+            # plain MTSAC's steps hold diagnostics only, so its checkpoints may predate them
+            if "combined" in state or self.cfg.method != "mtsac":
+                for part, step in self.combined.items():
+                    step.load_state_dict(state["combined"][part])
             self.replay.load_state_dict(state["replay"])
             self.step = int(state["step"])
             self.updates_from = int(state["updates_from"])

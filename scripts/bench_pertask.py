@@ -13,22 +13,17 @@ Prints ms per update and the ratios; the last line is ``pertask_vs_plain=<x>`` (
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 
-import numpy as np
 import torch
 
-from agents.mtsac import MTSAC, TaskLoss
-from agents.replay import MultiTaskReplay
+from agents.mtsac import TaskLoss
+from benchutil import K, agent_and_replay, median, update_times
 from rl_mtl.combiners import make
 from rl_mtl.config import build_config
 from rl_mtl.pertask import gram, per_task_gradients, write_direction
 from rl_mtl.routing import CombinedStep
-from rl_mtl.trainer import resolve_device, sac_config
-
-OBS_DIM, ACTION_DIM, K = 49, 4, 10
+from rl_mtl.trainer import resolve_device
 
 
 def vmap_mean(task_loss: TaskLoss) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,32 +50,14 @@ def k_backward_mean(task_loss: TaskLoss) -> tuple[torch.Tensor, torch.Tensor]:
     return losses.detach(), aux.detach()
 
 
-def time_variant(preset: str, device: torch.device, reducer: Callable[[], Callable[[TaskLoss], None]] | None,
-                 repeats: int, warmup: int = 3) -> float:
+def time_variant(preset: str, device: torch.device, reducer: Callable[[], Callable[[TaskLoss], tuple]] | None,
+                 repeats: int) -> float:
     """Median ms per ``agent.update`` with a ``reducer()`` each on critic and actor (None = plain MTSAC)."""
-    cfg = build_config(preset)
-    torch.manual_seed(0)
-    agent = MTSAC(OBS_DIM, ACTION_DIM, K, sac_config(cfg), device)
+    agent, replay, batch_size = agent_and_replay(preset, device)
     if reducer is not None:
         agent.reducers["critic"] = reducer()
         agent.reducers["actor"] = reducer()
-    replay = MultiTaskReplay(K, OBS_DIM, ACTION_DIM, 1_000, device, seed=0)
-    rng = np.random.default_rng(0)
-    for _ in range(1_000):
-        replay.add(rng.normal(size=(K, OBS_DIM)), rng.uniform(-1, 1, (K, ACTION_DIM)), rng.uniform(0, 10, K),
-                   rng.normal(size=(K, OBS_DIM)), rng.uniform(size=K) < 0.01)
-    times = []
-    for i in range(warmup + repeats):
-        batch = replay.sample(cfg.batch_size)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        agent.update(batch)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(1e3 * (time.perf_counter() - t0))
-    return statistics.median(times)
+    return median(update_times(agent, replay, batch_size, repeats))
 
 
 def main() -> None:
@@ -96,7 +73,7 @@ def main() -> None:
     cfg = build_config(args.preset)
     print(f"device={device} threads={torch.get_num_threads()} preset={args.preset} hidden={cfg.hidden_sizes} "
           f"batch={cfg.batch_size} K={K}")
-    variants: dict[str, Callable[[], Callable[[TaskLoss], None]] | None] = {
+    variants: dict[str, Callable[[], Callable[[TaskLoss], tuple]] | None] = {
         "plain": None,
         "vmap": lambda: vmap_mean,
         "k_backward": lambda: k_backward_mean,

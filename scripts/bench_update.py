@@ -10,41 +10,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
-import numpy as np
 import torch
 
-from agents.mtsac import MTSAC
-from agents.replay import MultiTaskReplay
+from benchutil import agent_and_replay, update_times
 from rl_mtl.config import build_config
-from rl_mtl.trainer import resolve_device, sac_config
-
-OBS_DIM, ACTION_DIM, K = 49, 4, 10
+from rl_mtl.trainer import resolve_device
 
 
-def time_update(preset: str, device: torch.device, repeats: int, warmup: int = 5) -> list[float]:
+def time_update(preset: str, device: torch.device, repeats: int) -> list[float]:
     """Per-update wall times (ms) of the preset's network and batch size on a filled replay."""
-    cfg = build_config(preset)
-    torch.manual_seed(0)
-    agent = MTSAC(OBS_DIM, ACTION_DIM, K, sac_config(cfg), device)
-    replay = MultiTaskReplay(K, OBS_DIM, ACTION_DIM, 2_000, device, seed=0)
-    rng = np.random.default_rng(0)
-    for _ in range(2_000):
-        replay.add(rng.normal(size=(K, OBS_DIM)), rng.uniform(-1, 1, (K, ACTION_DIM)), rng.uniform(0, 10, K),
-                   rng.normal(size=(K, OBS_DIM)), rng.uniform(size=K) < 0.01)
-    times = []
-    for i in range(warmup + repeats):
-        batch = replay.sample(cfg.batch_size)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        agent.update(batch)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(1e3 * (time.perf_counter() - t0))
-    return times
+    agent, replay, batch_size = agent_and_replay(preset, device, fill=2_000)
+    return update_times(agent, replay, batch_size, repeats, warmup=5)
 
 
 def main() -> None:
