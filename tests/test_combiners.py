@@ -317,3 +317,19 @@ def test_pareto_stats_all_finite_on_degenerate_input() -> None:
         assert {"imbalance_ratio", "cos_theta", "min_cos_dk", "pareto_failure", "d_norm", "d_norm_rel"} <= set(stats)
     stats = pareto_stats(torch.diag(torch.tensor([1.0, 0.0, 1e16])), torch.full((3,), 1 / 3))
     assert stats["imbalance_ratio"] == pytest.approx(1e12)
+
+
+@pytest.mark.parametrize("name", ["cagrad", "imgrad"])
+def test_warm_start_gives_the_cold_optimum(name: str) -> None:
+    """Reusing the last optimal support (warm start) changes the speed, never the answer."""
+    rng = np.random.default_rng(7)
+    warm = combiners.make(name)
+    for step in range(40):
+        k = 10
+        G = rng.normal(size=(k, 30)) * np.exp(rng.uniform(-2, 2, size=(k, 1)))
+        if step % 2:  # consecutive Grams close to each other, as in training
+            G = G_prev + 0.05 * G
+        G_prev = G
+        gram = torch.from_numpy(G @ G.T)
+        losses = torch.ones(k, dtype=torch.float64)
+        torch.testing.assert_close(warm(gram, losses), combiners.make(name)(gram, losses), rtol=1e-7, atol=1e-9)

@@ -85,11 +85,11 @@ def min_norm_2(gram: np.ndarray) -> Solution:
     return Solution(np.array([w1, 1.0 - w1]), 0, 0.0)
 
 
-def min_norm(gram: np.ndarray) -> Solution:
-    """MGDA: ``argmin_{w∈W} wᵀMw`` for gram: (K, K) PSD (closed form for K = 2)."""
+def min_norm(gram: np.ndarray, support: np.ndarray | None = None) -> Solution:
+    """MGDA: ``argmin_{w∈W} wᵀMw`` for gram: (K, K) PSD (closed form for K = 2; ``support``: warm start)."""
     if gram.shape[0] == 2:
         return min_norm_2(gram)
-    return simplex_solve(gram, 0.0, 0.0, 1.0)
+    return warm_solve(gram, 0.0, 0.0, 1.0, support)
 
 
 def _face_tau(lin: float, root: float, quad: float, r0sq: float, m: float) -> float:
@@ -184,6 +184,23 @@ def simplex_solve(
         if objective(gram, polished.weights, lin, root, quad) <= objective(gram, result.weights, lin, root, quad):
             return Solution(polished.weights, result.iterations + polished.iterations, polished.gap)
     return result
+
+
+def warm_solve(
+    gram: np.ndarray, lin: float, root: float, quad: float, support: np.ndarray | None
+) -> Solution:
+    """:func:`simplex_solve` started on ``support`` (the previous optimum's: successive training Grams are close,
+    so the optimal face rarely changes); the cold solve takes over unless the warm one certifies gap ≤ 1e-10."""
+    if support is not None and support.size and int(support.max()) < gram.shape[0]:
+        sol = simplex_solve(gram, lin, root, quad, support=support)
+        if sol.gap <= 1e-10:
+            return sol
+    return simplex_solve(gram, lin, root, quad)
+
+
+def support_of(weights: np.ndarray) -> np.ndarray:
+    """Indices of the positive weights (the face a warm start begins on)."""
+    return np.flatnonzero(weights > 0.0)
 
 
 def _face(bordered: np.ndarray, rhs: np.ndarray, active: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
