@@ -18,7 +18,6 @@ from torch.func import vmap
 
 from agents.mtsac import TaskLoss
 from rl_mtl.combiners import Combiner, make
-from rl_mtl.combiners.base import Combiner as _Base
 from rl_mtl.combiners.diagnostics import pareto_stats
 from rl_mtl.pertask import gram, per_task_gradients, write_direction
 
@@ -40,7 +39,7 @@ class CombinedStep:
         self.diag_every = diag_every
         self.calls = 0
         self.initial_losses: Tensor | None = None
-        self._has_after_step = type(combiner).after_step is not _Base.after_step
+        self._has_after_step = type(combiner).after_step is not Combiner.after_step
         self._sums: dict[str, float] = {}
         self._counts: dict[str, int] = {}
         self._vectors: dict[str, Tensor] = {}
