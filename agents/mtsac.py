@@ -6,8 +6,8 @@ gradients in exactly one place, :meth:`MTSAC._step`, through ``self.reducers[nam
 ``"actor"``); the default reducer is ``losses.mean().backward()``.  Each reducer receives a :class:`TaskLoss`:
 a thunk computing the loss vector with its graph, plus one task's loss as a function of a parameter dict and
 the batch tensors with their task axis, so a gradient combiner can take all K per-task gradients (and the
-losses) in one ``vmap`` pass (``rl_mtl/pertask.py``) by replacing a reducer — the agent never names one.  The temperature step always uses the plain mean: per-task ``log α_k``
-are task-specific parameters (DESIGN §4).
+losses) in one ``vmap`` pass (``rl_mtl/pertask.py``) by replacing a reducer — the agent never names one.
+The temperature step always uses the plain mean: per-task ``log α_k`` are task-specific parameters (DESIGN §4).
 
 The per-task loss functions (:meth:`MTSAC.critic_loss_fn`, :meth:`MTSAC.actor_loss_fn`) take an optional
 parameter dict for ``torch.func.functional_call`` and reduce over the sample axis only, so

@@ -7,7 +7,7 @@ of one backward pass (DESIGN §4), instead of K backward passes as the papers' c
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -58,6 +58,6 @@ def write_direction(weights: Tensor, G: Tensor, params: Sequence[nn.Parameter]) 
     return d
 
 
-def detached_params(module: nn.Module) -> dict[str, Tensor]:
-    """``name → parameter`` detached, for ``functional_call`` inside ``grad``."""
-    return {name: p.detach() for name, p in module.named_parameters()}
+def detached_params(params: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """``name → parameter`` detached, for ``functional_call`` inside ``torch.func`` transforms."""
+    return {name: p.detach() for name, p in params.items()}

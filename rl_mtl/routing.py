@@ -19,7 +19,7 @@ from torch.func import vmap
 from agents.mtsac import TaskLoss
 from rl_mtl.combiners import Combiner, make
 from rl_mtl.combiners.diagnostics import pareto_stats
-from rl_mtl.pertask import gram, per_task_gradients, write_direction
+from rl_mtl.pertask import detached_params, gram, per_task_gradients, write_direction
 
 #: combined losses by default; FAMO reweights only the critic, as in its reference (references.md)
 DEFAULT_COMBINE = {"famo": ("critic",)}
@@ -85,17 +85,15 @@ class CombinedStep:
         """Give a stateful combiner (FAMO) the losses re-measured on the same batch after the optimiser step."""
         if not self._has_after_step or self.plain or task_loss.fn is None:
             return
-        params = {name: p.detach() for name, p in task_loss.params.items()}
         in_dims = (None, *([0] * len(task_loss.inputs)))
         with torch.no_grad():
-            after, _ = vmap(task_loss.fn, in_dims=in_dims)(params, *task_loss.inputs)
+            after, _ = vmap(task_loss.fn, in_dims=in_dims)(detached_params(task_loss.params), *task_loss.inputs)
         self.combiner.after_step(after)
 
     @staticmethod
     def _gradients(task_loss: TaskLoss) -> tuple[Tensor, Tensor, Tensor]:
         """``G (K, m)``, losses (K,) and aux of one vmapped pass over the task axis."""
-        params = {name: p.detach() for name, p in task_loss.params.items()}
-        return per_task_gradients(task_loss.fn, params, task_loss.inputs)
+        return per_task_gradients(task_loss.fn, detached_params(task_loss.params), task_loss.inputs)
 
     # ------------------------------------------------------------------ diagnostics
     def _add(self, key: str, value: float) -> None:

@@ -26,7 +26,7 @@ from rl_mtl.evaluate import evaluate_policy
 from rl_mtl.logger import Logger
 from rl_mtl.routing import build_steps
 
-#: evaluation environments are seeded apart from the training ones
+#: evaluation episodes are seeded apart from the training ones (same env, reseeded for the evaluation)
 EVAL_SEED_OFFSET = 10_000
 
 
@@ -249,10 +249,8 @@ class Trainer:
         """Continue from a checkpoint; without saved replay data, refill with the restored policy first."""
         try:
             self.agent.load_full_state_dict(state["agent"])
-            # plain MTSAC's steps hold diagnostics only, so its checkpoints may predate them
-            if "combined" in state or self.cfg.method != "mtsac":
-                for part, step in self.combined.items():
-                    step.load_state_dict(state["combined"][part])
+            for part, step in self.combined.items():
+                step.load_state_dict(state["combined"][part])
             self.replay.load_state_dict(state["replay"])
             self.step = int(state["step"])
             self.updates_from = int(state["updates_from"])

@@ -21,15 +21,14 @@ from agents.mtsac import TaskLoss
 from benchutil import K, agent_and_replay, median, update_times
 from rl_mtl.combiners import make
 from rl_mtl.config import build_config
-from rl_mtl.pertask import gram, per_task_gradients, write_direction
+from rl_mtl.pertask import detached_params, gram, per_task_gradients, write_direction
 from rl_mtl.routing import CombinedStep
 from rl_mtl.trainer import resolve_device
 
 
 def vmap_mean(task_loss: TaskLoss) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-task gradients by vmap, Gram, mean direction written back."""
-    params = {k: v.detach() for k, v in task_loss.params.items()}
-    G, losses, aux = per_task_gradients(task_loss.fn, params, task_loss.inputs)
+    G, losses, aux = per_task_gradients(task_loss.fn, detached_params(task_loss.params), task_loss.inputs)
     gram(G)
     write_direction(torch.full((K,), 1.0 / K, device=G.device), G, list(task_loss.params.values()))
     return losses, aux
