@@ -63,20 +63,18 @@ class CAGrad(Combiner):
         self.c = float(c)
         self.rescale = rescale
         self.solver = solver
-        #: optimal support of the last solve, the warm start of the next (speed only: the optimum is the same)
-        self._support: np.ndarray | None = None
+        self._warm = solvers.WarmStart()
 
     def reset(self) -> None:
         super().reset()
-        self._support = None
+        self._warm = solvers.WarmStart()
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "support": None if self._support is None else self._support.tolist()}
+        return {**super().state_dict(), "support": self._warm.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        support = state.get("support")
-        self._support = None if support is None else np.asarray(support, dtype=np.intp)
+        self._warm.load_state_dict(state.get("support"))
 
     def _solve(self, gram: Tensor | None, losses: Tensor, scale: float) -> Tensor:
         """weights: (K,); gram: (K, K) PSD with trace K (``scale`` restores the raw Gram for ``sgd``)."""
@@ -92,8 +90,7 @@ class CAGrad(Combiner):
             return torch.from_numpy((1.0 / k + multiplier * w) * factor)
         lin, root, quad = solvers.coefficients("cagrad", m, self.c)
         if self.solver == "exact":
-            sol = solvers.warm_solve(m, lin, root, quad, self._support)
-            self._support = solvers.support_of(sol.weights)
+            sol = self._warm.solve(m, lin, root, quad)
         else:
             sol = solvers.solve_cvxpy(m, lin, root, quad)
         self._extra.update(solver_iterations=float(sol.iterations), solver_gap=sol.gap)

@@ -34,19 +34,18 @@ from rl_mtl.combiners.cagrad import check_c_rescale, conflict_averse_weights, re
 FORMS = ("release", "eqn11", "eqn9")
 
 
-def imbalance_mu(gram: np.ndarray, support: np.ndarray | None = None) -> tuple[float, np.ndarray]:
-    """μ = cos θ between g_0 and the MGDA direction, clamped to [0, 1], and the MGDA support (warm start of the
-    next call); gram: (K, K) PSD."""
-    wm = solvers.min_norm(gram, support).weights
-    support = solvers.support_of(wm)
+def imbalance_mu(gram: np.ndarray, warm: solvers.WarmStart | None = None) -> float:
+    """μ = cos θ between g_0 and the MGDA direction, clamped to [0, 1]; gram: (K, K) PSD; ``warm`` carries the
+    MGDA support from call to call."""
+    wm = (warm.min_norm(gram) if warm is not None else solvers.min_norm(gram)).weights
     gm_norm = math.sqrt(max(float(wm @ gram @ wm), 0.0))
     g0 = solvers.g0_norm(gram)
     floor = 1e-7 * float(wm @ np.sqrt(np.maximum(gram.diagonal(), 0.0)))
     if gm_norm <= floor or g0 <= 0.0:
         # Pareto-stationary (g_m = 0): the released code's cosine_similarity (eps 1e-8) returns ~0 here too
-        return 0.0, support
+        return 0.0
     cos = float(gram.sum(axis=0) @ wm) / gram.shape[0] / (g0 * gm_norm)
-    return min(max(cos, 0.0), 1.0), support
+    return min(max(cos, 0.0), 1.0)
 
 
 class IMGrad(Combiner):
@@ -76,42 +75,33 @@ class IMGrad(Combiner):
         self.form = form
         self.mu = mu
         self.solver = solver
-        #: optimal support of the last solve, the warm start of the next (speed only: the optimum is the same)
-        self._support: np.ndarray | None = None
-        self._mgda_support: np.ndarray | None = None
+        self._warm, self._warm_mgda = solvers.WarmStart(), solvers.WarmStart()
 
     def reset(self) -> None:
         super().reset()
-        self._support = None
-        self._mgda_support = None
+        self._warm, self._warm_mgda = solvers.WarmStart(), solvers.WarmStart()
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(),
-                "support": None if self._support is None else self._support.tolist(),
-                "mgda_support": None if self._mgda_support is None else self._mgda_support.tolist()}
+        return {**super().state_dict(), "support": self._warm.state_dict(),
+                "mgda_support": self._warm_mgda.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        support, mgda_support = state.get("support"), state.get("mgda_support")
-        self._support = None if support is None else np.asarray(support, dtype=np.intp)
-        self._mgda_support = None if mgda_support is None else np.asarray(mgda_support, dtype=np.intp)
+        self._warm.load_state_dict(state.get("support"))
+        self._warm_mgda.load_state_dict(state.get("mgda_support"))
 
     def _solve(self, gram: Tensor | None, losses: Tensor, scale: float) -> Tensor:
         """weights: (K,); gram: (K, K) PSD with trace K."""
         m = gram.numpy()
         k = m.shape[0]
         factor = rescale_factor(self.rescale, self.c)
-        if self.mu is None:
-            mu, self._mgda_support = imbalance_mu(m, self._mgda_support)
-        else:
-            mu = float(self.mu)
+        mu = imbalance_mu(m, self._warm_mgda) if self.mu is None else float(self.mu)
         self._extra.update(mu=mu)
         if self.c == 0.0:
             return torch.full((k,), factor / k, dtype=torch.float64)
         lin, root, quad = solvers.coefficients(self.form, m, self.c, mu)
         if self.solver == "exact":
-            sol = solvers.warm_solve(m, lin, root, quad, self._support)
-            self._support = solvers.support_of(sol.weights)
+            sol = self._warm.solve(m, lin, root, quad)
         else:
             sol = solvers.solve_cvxpy(m, lin, root, quad)
         self._extra.update(solver_iterations=float(sol.iterations), solver_gap=sol.gap)
