@@ -319,7 +319,7 @@ def test_pareto_stats_all_finite_on_degenerate_input() -> None:
     assert stats["imbalance_ratio"] == pytest.approx(1e12)
 
 
-@pytest.mark.parametrize("name", ["cagrad", "imgrad"])
+@pytest.mark.parametrize("name", ["mgda", "cagrad", "imgrad"])
 def test_warm_start_gives_the_cold_optimum(name: str) -> None:
     """Reusing the last optimal support (warm start) changes the speed, never the answer."""
     rng = np.random.default_rng(7)

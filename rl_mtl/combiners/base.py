@@ -14,6 +14,7 @@ machinery lives here so that each method file holds only its maths:
 from __future__ import annotations
 
 import abc
+import math
 from typing import Any, ClassVar
 
 import numpy as np
@@ -34,6 +35,8 @@ class Combiner(abc.ABC):
     name: ClassVar[str] = ""
     #: False for loss-only methods (FAMO): they accept ``gram=None`` and need no per-task gradients
     needs_gram: ClassVar[bool] = True
+    #: simplex-solver warm starts the method keeps: attribute name → its key in :meth:`state_dict`
+    warm_starts: ClassVar[dict[str, str]] = {}
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = int(seed)
@@ -44,6 +47,7 @@ class Combiner(abc.ABC):
         self._last_call: tuple[Tensor | None, Tensor, bool] | None = None
         #: method-specific figures of the last call (solver iterations, μ, ...), merged into ``stats()``
         self._extra: dict[str, float] = {}
+        self._new_warm_starts()
 
     # ------------------------------------------------------------------ public API
     def __call__(self, gram: Tensor | None, losses: Tensor) -> Tensor:
@@ -55,32 +59,32 @@ class Combiner(abc.ABC):
         self.calls += 1
         self._extra = {}
         k = int(losses.numel())
-        losses64 = losses.detach().to("cpu", torch.float64).reshape(k)
+        # numpy throughout: a handful of torch calls on a 10×10 matrix cost more than the solve itself
+        losses_np = _as_float64(losses).reshape(k)
         gram64: Tensor | None = None
         scale = 1.0
         reason = ""
         if gram is not None:
-            # numpy for the checks: a handful of torch calls on a 10×10 matrix cost more than the solve itself
-            raw = gram.detach().to("cpu", torch.float64).numpy()
+            raw = _as_float64(gram)
             if raw.shape != (k, k):
                 raise ValueError(f"gram must be ({k}, {k}) to match {k} losses, got {tuple(raw.shape)}")
             sym = 0.5 * (raw + raw.T)
             gram64 = torch.from_numpy(sym)
             scale = float(sym.trace()) / k
-            if not np.isfinite(sym).all() or not np.isfinite(scale):
+            if not math.isfinite(float(sym.sum())) or not math.isfinite(scale):  # a sum is finite iff every entry is
                 reason = "non-finite gram"
             elif scale <= 0.0:
                 reason = "zero gram"
         if not reason and self.needs_gram and gram64 is None:
             raise ValueError(f"combiner '{self.name}' needs the task Gram matrix, got gram=None")
-        if not reason and not self.needs_gram and not torch.isfinite(losses64).all():
+        if not reason and not self.needs_gram and not math.isfinite(float(losses_np.sum())):
             reason = "non-finite losses"
 
         weights: Tensor | None = None
         if not reason:
             normalised = torch.from_numpy(sym / scale) if gram64 is not None else None
-            weights = self._solve(normalised, losses64, scale)
-            if not np.isfinite(weights.numpy()).all():
+            weights = self._solve(normalised, torch.from_numpy(losses_np), scale)
+            if not math.isfinite(float(weights.numpy().sum())):
                 reason = "non-finite weights"
         if reason:
             self.fallbacks += 1
@@ -91,8 +95,11 @@ class Combiner(abc.ABC):
         self._last_call = (gram64 if "gram" not in reason else None, weights, bool(reason))
         self._stats = {}
         dtype = losses.dtype if losses.is_floating_point() else torch.float32
-        if losses.device.type == "cpu" and dtype == torch.float64:
-            return weights
+        if losses.device.type == "cpu":
+            if dtype == torch.float64:
+                return weights
+            if dtype == torch.float32:
+                return torch.from_numpy(weights.numpy().astype(np.float32))
         return weights.to(device=losses.device, dtype=dtype)
 
     def after_step(self, losses_after: Tensor) -> None:
@@ -121,16 +128,26 @@ class Combiner(abc.ABC):
         self._stats = {}
         self._extra = {}
         self._last_call = None
+        self._new_warm_starts()
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue bit-for-bit after a checkpoint."""
-        return {"rng": self.rng.bit_generator.state, "calls": self.calls, "fallbacks": self.fallbacks}
+        return {"rng": self.rng.bit_generator.state, "calls": self.calls, "fallbacks": self.fallbacks,
+                **{key: getattr(self, attr).state_dict() for attr, key in self.warm_starts.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
         self.rng.bit_generator.state = state["rng"]
         self.calls = int(state["calls"])
         self.fallbacks = int(state["fallbacks"])
+        for attr, key in self.warm_starts.items():
+            getattr(self, attr).load_state_dict(state.get(key))
+
+    def _new_warm_starts(self) -> None:
+        from rl_mtl.combiners.solvers import WarmStart  # local: solvers imports scipy
+
+        for attr in self.warm_starts:
+            setattr(self, attr, WarmStart())
 
     # ------------------------------------------------------------------ for subclasses
     @abc.abstractmethod
@@ -144,6 +161,12 @@ class Combiner(abc.ABC):
     def _on_fallback(self, reason: str) -> None:
         """Called when the mean was used instead of the method (stateful methods may reset a warm start)."""
         self._extra["fallback_reason_code"] = float(_FALLBACK_CODES.get(reason, -1))
+
+
+def _as_float64(tensor: Tensor) -> np.ndarray:
+    """A float64 numpy copy (or view, when already float64 on the CPU) of a detached tensor."""
+    array = tensor.detach().cpu().numpy()
+    return array if array.dtype == np.float64 else array.astype(np.float64)
 
 
 _FALLBACK_CODES = {"non-finite gram": 1, "zero gram": 2, "non-finite losses": 3, "non-finite weights": 4}

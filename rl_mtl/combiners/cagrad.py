@@ -12,7 +12,6 @@ and the supervised code uses SLSQP, which can return objectives 25 % above the o
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 import torch
@@ -54,6 +53,7 @@ class CAGrad(Combiner):
     """Conflict-averse gradient descent."""
 
     name = "cagrad"
+    warm_starts = {"_warm": "support"}
 
     def __init__(self, c: float = 0.9, rescale: str = "1/(1+c^2)", solver: str = "exact", seed: int = 0) -> None:
         check_c_rescale(c, rescale)
@@ -63,18 +63,6 @@ class CAGrad(Combiner):
         self.c = float(c)
         self.rescale = rescale
         self.solver = solver
-        self._warm = solvers.WarmStart()
-
-    def reset(self) -> None:
-        super().reset()
-        self._warm = solvers.WarmStart()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "support": self._warm.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self._warm.load_state_dict(state.get("support"))
 
     def _solve(self, gram: Tensor | None, losses: Tensor, scale: float) -> Tensor:
         """weights: (K,); gram: (K, K) PSD with trace K (``scale`` restores the raw Gram for ``sgd``)."""

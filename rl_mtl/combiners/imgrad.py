@@ -21,7 +21,6 @@ code was released; the authors used c = 0.8 on NYUv2).  ``mu`` fixes μ for abla
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 import torch
@@ -34,10 +33,12 @@ from rl_mtl.combiners.cagrad import check_c_rescale, conflict_averse_weights, re
 FORMS = ("release", "eqn11", "eqn9")
 
 
-def imbalance_mu(gram: np.ndarray, warm: solvers.WarmStart | None = None) -> float:
+def imbalance_mu(gram: np.ndarray, warm: solvers.WarmStart | None = None,
+                 prepared: solvers.Prepared | None = None) -> float:
     """μ = cos θ between g_0 and the MGDA direction, clamped to [0, 1]; gram: (K, K) PSD; ``warm`` carries the
-    MGDA support from call to call."""
-    wm = (warm.min_norm(gram) if warm is not None else solvers.min_norm(gram)).weights
+    MGDA support from call to call; ``prepared``: the Gram's :func:`solvers.prepare`, shared with the main solve."""
+    system = prepared if prepared is not None else gram
+    wm = (warm.min_norm(system) if warm is not None else solvers.min_norm(system)).weights
     gm_norm = math.sqrt(max(float(wm @ gram @ wm), 0.0))
     g0 = solvers.g0_norm(gram)
     floor = 1e-7 * float(wm @ np.sqrt(np.maximum(gram.diagonal(), 0.0)))
@@ -52,6 +53,7 @@ class IMGrad(Combiner):
     """Imbalance-sensitive conflict-averse gradient descent."""
 
     name = "imgrad"
+    warm_starts = {"_warm": "support", "_warm_mgda": "mgda_support"}
 
     def __init__(
         self,
@@ -75,33 +77,20 @@ class IMGrad(Combiner):
         self.form = form
         self.mu = mu
         self.solver = solver
-        self._warm, self._warm_mgda = solvers.WarmStart(), solvers.WarmStart()
-
-    def reset(self) -> None:
-        super().reset()
-        self._warm, self._warm_mgda = solvers.WarmStart(), solvers.WarmStart()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "support": self._warm.state_dict(),
-                "mgda_support": self._warm_mgda.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self._warm.load_state_dict(state.get("support"))
-        self._warm_mgda.load_state_dict(state.get("mgda_support"))
 
     def _solve(self, gram: Tensor | None, losses: Tensor, scale: float) -> Tensor:
         """weights: (K,); gram: (K, K) PSD with trace K."""
         m = gram.numpy()
         k = m.shape[0]
         factor = rescale_factor(self.rescale, self.c)
-        mu = imbalance_mu(m, self._warm_mgda) if self.mu is None else float(self.mu)
+        prepared = solvers.prepare(m)
+        mu = imbalance_mu(m, self._warm_mgda, prepared) if self.mu is None else float(self.mu)
         self._extra.update(mu=mu)
         if self.c == 0.0:
             return torch.full((k,), factor / k, dtype=torch.float64)
         lin, root, quad = solvers.coefficients(self.form, m, self.c, mu)
         if self.solver == "exact":
-            sol = self._warm.solve(m, lin, root, quad)
+            sol = self._warm.solve(prepared, lin, root, quad)
         else:
             sol = solvers.solve_cvxpy(m, lin, root, quad)
         self._extra.update(solver_iterations=float(sol.iterations), solver_gap=sol.gap)

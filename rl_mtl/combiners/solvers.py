@@ -85,10 +85,12 @@ def min_norm_2(gram: np.ndarray) -> Solution:
     return Solution(np.array([w1, 1.0 - w1]), 0, 0.0)
 
 
-def min_norm(gram: np.ndarray, support: np.ndarray | None = None) -> Solution:
-    """MGDA: ``argmin_{w∈W} wᵀMw`` for gram: (K, K) PSD (closed form for K = 2; ``support``: warm start)."""
-    if gram.shape[0] == 2:
-        return min_norm_2(gram)
+def min_norm(gram: np.ndarray | Prepared, support: np.ndarray | None = None) -> Solution:
+    """MGDA: ``argmin_{w∈W} wᵀMw`` for gram: (K, K) PSD or its :func:`prepare` (closed form for K = 2;
+    ``support``: warm start)."""
+    raw = gram.gram if isinstance(gram, Prepared) else gram
+    if raw.shape[0] == 2:
+        return min_norm_2(raw)
     return warm_solve(gram, 0.0, 0.0, 1.0, support)
 
 
@@ -129,8 +131,42 @@ def _kkt_solve(sub: np.ndarray, rhs: np.ndarray) -> np.ndarray | None:
     return x
 
 
+class Prepared(NamedTuple):
+    """What every solve on one Gram shares (IMGrad solves twice per Gram: its MGDA step, then its own problem)."""
+
+    gram: np.ndarray
+    b: np.ndarray
+    """(K,) ``M1/K``"""
+    norms: np.ndarray
+    """(K,) ``‖g_k‖``"""
+    bordered: np.ndarray
+    """(K+1, K+1) equilibrated bordered KKT matrix"""
+    rhs: np.ndarray
+    """(K+1, 3) its two right-hand sides and the scaling"""
+
+
+def prepare(gram: np.ndarray) -> Prepared:
+    """The bordered KKT system of ``gram`` (K, K), equilibrated by ``D = 1/‖g_k‖`` (``w = D y``): a 1e8 norm ratio
+    then costs no precision."""
+    k = gram.shape[0]
+    b = gram.sum(axis=1) / k
+    norms = np.sqrt(np.maximum(gram.diagonal(), 0.0))
+    scaling = np.ones(k + 1)
+    np.divide(1.0, norms, out=scaling[:k], where=norms > 0.0)
+    bordered = np.multiply.outer(scaling, scaling)
+    bordered[:k, :k] *= gram
+    bordered[k, k] = 0.0
+    rhs = np.empty((k + 1, 3))
+    np.multiply(b, scaling[:k], out=rhs[:k, 1])
+    rhs[:k, 1] *= -1.0
+    rhs[:k, 0] = 0.0
+    rhs[k, :2] = (1.0, 0.0)
+    rhs[:, 2] = scaling
+    return Prepared(gram, b, norms, bordered, rhs)
+
+
 def simplex_solve(
-    gram: np.ndarray,
+    gram: np.ndarray | Prepared,
     lin: float,
     root: float,
     quad: float,
@@ -139,23 +175,13 @@ def simplex_solve(
 ) -> Solution:
     """Exact minimiser of (*) over the simplex.
 
-    gram: (K, K) symmetric PSD float64, ideally trace-normalised (tolerances are absolute on that scale);
-    support: optional guess of the optimal support (warm start); by default all K tasks are tried first.
+    gram: (K, K) symmetric PSD float64, ideally trace-normalised (tolerances are absolute on that scale), or its
+    :func:`prepare`; support: optional guess of the optimal support (warm start); by default all K tasks are
+    tried first.
     """
+    prepared = gram if isinstance(gram, Prepared) else prepare(gram)
+    gram, b, norms, bordered, rhs = prepared
     k = gram.shape[0]
-    b = gram.sum(axis=1) / k
-    norms = np.sqrt(np.maximum(gram.diagonal(), 0.0))
-    # equilibrate the bordered KKT matrix by D = 1/‖g_k‖ (w = D y): a 1e8 norm ratio then costs no precision
-    scaling = np.ones(k + 1)
-    np.divide(1.0, norms, out=scaling[:k], where=norms > 0.0)
-    bordered = np.multiply.outer(scaling, scaling)
-    bordered[:k, :k] *= gram
-    bordered[k, k] = 0.0
-    rhs = np.zeros((k + 1, 3))
-    rhs[k, 0] = 1.0
-    np.multiply(b, scaling[:k], out=rhs[:k, 1])
-    rhs[:k, 1] *= -1.0
-    rhs[:, 2] = scaling
     active = np.zeros(k + 1, dtype=bool)
     active[k] = True
     active[:k] = True if support is None else False
@@ -175,7 +201,7 @@ def simplex_solve(
         # retry from a vertex: the cheap guess may have started on an ill-conditioned face
         vertex = np.zeros(k, dtype=np.intp)
         vertex[0] = int(np.argmin(lin * b + root * norms + quad * gram.diagonal()))
-        retry = simplex_solve(gram, lin, root, quad, support=vertex[:1], tol=tol)
+        retry = simplex_solve(prepared, lin, root, quad, support=vertex[:1], tol=tol)
         if objective(gram, retry.weights, lin, root, quad) < objective(gram, result.weights, lin, root, quad):
             result = Solution(retry.weights, result.iterations + retry.iterations, retry.gap)
     if root > 0.0 and lin > 0.0 and not result.gap <= 1e-10:
@@ -187,15 +213,16 @@ def simplex_solve(
 
 
 def warm_solve(
-    gram: np.ndarray, lin: float, root: float, quad: float, support: np.ndarray | None
+    gram: np.ndarray | Prepared, lin: float, root: float, quad: float, support: np.ndarray | None
 ) -> Solution:
     """:func:`simplex_solve` started on ``support`` (the previous optimum's: successive training Grams are close,
     so the optimal face rarely changes); the cold solve takes over unless the warm one certifies gap ≤ 1e-10."""
-    if support is not None and support.size and int(support.max()) < gram.shape[0]:
-        sol = simplex_solve(gram, lin, root, quad, support=support)
+    prepared = gram if isinstance(gram, Prepared) else prepare(gram)
+    if support is not None and support.size and int(support.max()) < prepared.gram.shape[0]:
+        sol = simplex_solve(prepared, lin, root, quad, support=support)
         if sol.gap <= 1e-10:
             return sol
-    return simplex_solve(gram, lin, root, quad)
+    return simplex_solve(prepared, lin, root, quad)
 
 
 def support_of(weights: np.ndarray) -> np.ndarray:
@@ -209,13 +236,13 @@ class WarmStart:
     def __init__(self) -> None:
         self.support: np.ndarray | None = None
 
-    def solve(self, gram: np.ndarray, lin: float, root: float, quad: float) -> Solution:
+    def solve(self, gram: np.ndarray | Prepared, lin: float, root: float, quad: float) -> Solution:
         """:func:`warm_solve` from the remembered support; remembers the new one."""
         sol = warm_solve(gram, lin, root, quad, self.support)
         self.support = support_of(sol.weights)
         return sol
 
-    def min_norm(self, gram: np.ndarray) -> Solution:
+    def min_norm(self, gram: np.ndarray | Prepared) -> Solution:
         """:func:`min_norm` from the remembered support; remembers the new one."""
         sol = min_norm(gram, self.support)
         self.support = support_of(sol.weights)
