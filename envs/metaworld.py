@@ -1,7 +1,9 @@
 """Meta-World 3 benchmarks (MT10, MT50, MT1) as one vector env with one sub-env per task (DESIGN §1, §7, §8).
 
-Built on Meta-World's gymnasium registration (``gym.make_vec("Meta-World/MT10", ...)``).  What the installed
-metaworld 3.1.1 / gymnasium 1.4 actually do, and how this module handles it:
+Built the way Meta-World's gymnasium registration (``gym.make_vec("Meta-World/MT10", ...)``) builds it, from one
+picklable builder per task (:func:`env_factories`), so that rollout workers holding a share of the tasks
+(``envs/rollout.py``) build the very same sub-envs.  What the installed metaworld 3.1.1 / gymnasium 1.4 actually do,
+and how this module handles it:
 
 * Autoreset is **same-step** (``gym.vector.AutoresetMode.SAME_STEP``, pinned explicitly here and checked): on the
   step where an episode ends, the returned obs is already the reset obs of the next episode, the true last obs is
@@ -19,8 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Mapping
-from typing import Any, Literal
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 import gymnasium as gym
 import metaworld
@@ -77,6 +79,9 @@ class StepResult:
     episode_return: np.ndarray  # (K,) float64, NaN where not done
     episode_success: np.ndarray  # (K,) bool, False where not done
     episode_length: np.ndarray  # (K,) int64, -1 where not done
+    #: (K,) bool, rows whose step was lost to a rollout-worker restart (``envs/rollout.py``): their env was rebuilt
+    #: and reset, so the row is a placeholder ending the episode (done, no statistics) — never store it.  None: none.
+    lost: np.ndarray | None = None
 
 
 def _masked_row(info: Mapping[str, Any], key: str, i: int) -> Any | None:
@@ -87,6 +92,15 @@ def _masked_row(info: Mapping[str, Any], key: str, i: int) -> Any | None:
     if mask is not None and not bool(mask[i]):
         return None
     return info[key][i]
+
+
+def checked_actions(actions: np.ndarray, num_tasks: int, action_dim: int, low: np.ndarray, high: np.ndarray
+                    ) -> np.ndarray:
+    """``actions`` as float32 (K, A) clipped to the action space; ``ValueError`` naming the shapes otherwise."""
+    actions = np.asarray(actions, dtype=np.float32)
+    if actions.shape != (num_tasks, action_dim):
+        raise ValueError(f"actions must have shape {(num_tasks, action_dim)}, got {actions.shape}")
+    return np.clip(actions, low, high)
 
 
 class MultiTaskVectorEnv:
@@ -105,6 +119,7 @@ class MultiTaskVectorEnv:
         name: str = "",
         max_episode_steps: int = 500,
         terminate_on_success: bool = False,
+        env_ids: Sequence[int] | None = None,
     ) -> None:
         mode = vector_env.metadata.get("autoreset_mode")
         if mode != gym.vector.AutoresetMode.SAME_STEP:
@@ -115,6 +130,11 @@ class MultiTaskVectorEnv:
         self.name = name
         self.task_names = list(task_names)
         self.num_tasks = len(task_names)
+        # index of each sub-env in its benchmark: a seeded reset seeds sub-env i with seed + env_ids[i], so a vector
+        # env holding a share of the tasks (a rollout worker) replays exactly the rows of the full one
+        self.env_ids = list(range(self.num_tasks)) if env_ids is None else [int(i) for i in env_ids]
+        if len(self.env_ids) != self.num_tasks:
+            raise ValueError(f"{len(self.env_ids)} env ids for {self.num_tasks} sub-envs")
         self.obs_dim = int(np.prod(vector_env.single_observation_space.shape))
         space = vector_env.single_action_space
         assert isinstance(space, gym.spaces.Box)
@@ -139,7 +159,8 @@ class MultiTaskVectorEnv:
         if seed is not None:
             # Meta-World's reset ignores its seed argument; only env.seed() reseeds the goal sampler
             self.vector_env.call("seed", int(seed))
-        obs, _ = self.vector_env.reset(seed=seed)
+        seeds = None if seed is None else [int(seed) + i for i in self.env_ids]
+        obs, _ = self.vector_env.reset(seed=seeds)
         self._ep_return[:] = 0.0
         self._ep_success[:] = False
         self._ep_length[:] = 0
@@ -165,10 +186,7 @@ class MultiTaskVectorEnv:
     def step_async(self, actions: np.ndarray) -> None:
         """Send ``actions`` (K, A); collect the result with :meth:`step_wait`."""
         self._check_idle()
-        actions = np.asarray(actions, dtype=np.float32)
-        if actions.shape != (self.num_tasks, self.action_dim):
-            raise ValueError(f"actions must have shape {(self.num_tasks, self.action_dim)}, got {actions.shape}")
-        actions = np.clip(actions, self.action_low, self.action_high)
+        actions = checked_actions(actions, self.num_tasks, self.action_dim, self.action_low, self.action_high)
         if self._is_async:
             self.vector_env.step_async(actions)  # type: ignore[attr-defined]
         else:
@@ -275,6 +293,98 @@ class MultiTaskVectorEnv:
         )
 
 
+class MultiTaskEnv(Protocol):
+    """What the trainer and the evaluator use of a multi-task vector env: :class:`MultiTaskVectorEnv` (in process)
+    and :class:`envs.rollout.AsyncCollector` (worker processes) both provide it, with identical results."""
+
+    name: str
+    task_names: list[str]
+    num_tasks: int
+    obs_dim: int
+    action_dim: int
+    max_episode_steps: int
+
+    def reset(self, seed: int | None = None) -> np.ndarray: ...
+    def reset_tasks(self, mask: np.ndarray) -> np.ndarray: ...
+    def step(self, actions: np.ndarray) -> StepResult: ...
+    def step_async(self, actions: np.ndarray) -> None: ...
+    def step_wait(self) -> StepResult: ...
+    def rng_state(self) -> list[Any]: ...
+    def set_rng_state(self, state: list[Any]) -> None: ...
+    def close(self) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskFactories:
+    """One picklable builder per sub-env of a benchmark, in task order (sub-env i = task i).
+
+    A vector env calls all of them; a rollout worker calls those of its share of the tasks.  Either way a sub-env is
+    built exactly alike, which is what makes the in-process and the worker rollouts identical.
+    """
+
+    name: str
+    task_names: tuple[str, ...]
+    builders: tuple[Callable[[], gym.Env], ...]
+    max_episode_steps: int
+    terminate_on_success: bool
+
+
+def env_factories(
+    name: str,
+    seed: int,
+    *,
+    max_episode_steps: int | None = None,
+    reward_version: str = "v2",
+    fixed_goals: bool = False,
+    one_hot: bool = True,
+    terminate_on_success: bool = False,
+) -> TaskFactories:
+    """The sub-env builders of benchmark ``name`` (options as in :func:`make_env`).
+
+    For MT10/MT50 the benchmark's goals are drawn here, once (the slow part of a build, ~10 s for MT10); each builder
+    then constructs its task's env as Meta-World's own ``gym.make_vec("Meta-World/MT10")`` does.
+    """
+    benchmark, task = parse_env_name(name)
+    if max_episode_steps is not None and int(max_episode_steps) < 1:
+        raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
+    if reward_version not in ("v1", "v2"):
+        raise ValueError(f"reward_version must be 'v1' or 'v2', got {reward_version!r}")
+    steps = min(int(max_episode_steps), 500) if max_episode_steps is not None else 500
+    common: dict[str, Any] = dict(
+        use_one_hot=bool(one_hot),
+        reward_function_version=reward_version,
+        terminate_on_success=bool(terminate_on_success),
+    )
+    builders: list[Callable[[], gym.Env]]
+    if task is not None:
+        # Meta-World registers MT1 as a single env; gym.make consumes max_episode_steps itself and adds an outer
+        # TimeLimit, which truncates exactly like Meta-World's inner one
+        kwargs = dict(common, seed=int(seed), num_goals=1 if fixed_goals else _NUM_GOALS)
+        builders, names = [_Mt1Factory(task=task, max_episode_steps=steps, kwargs=kwargs)], [task]
+    else:
+        suite = metaworld.MT10 if benchmark == "mt10" else metaworld.MT50
+        # the number of goals per task is a metaworld module global read while the goals are drawn: set it for this
+        # draw only, so it never leaks into a later build
+        previous_goals = getattr(metaworld, "_N_GOALS", _NUM_GOALS)
+        try:
+            metaworld._N_GOALS = 1 if fixed_goals else _NUM_GOALS  # type: ignore[attr-defined]
+            with warnings.catch_warnings():
+                for pattern in _BUILD_NOISE:
+                    warnings.filterwarnings("ignore", message=pattern)
+                drawn = suite(seed=int(seed))
+        finally:
+            metaworld._N_GOALS = previous_goals  # type: ignore[attr-defined]
+        names = list(drawn.train_classes)
+        builders = [
+            _MtFactory(env_cls=env_cls, tasks=tuple(t for t in drawn.train_tasks if t.env_name == task_name),
+                       seed=int(seed), env_id=env_id, num_tasks=len(names),
+                       kwargs=dict(common, max_episode_steps=steps))
+            for env_id, (task_name, env_cls) in enumerate(drawn.train_classes.items())
+        ]
+    return TaskFactories(name=name, task_names=tuple(names), builders=tuple(builders), max_episode_steps=steps,
+                         terminate_on_success=bool(terminate_on_success))
+
+
 def make_env(
     name: str,
     seed: int,
@@ -292,49 +402,45 @@ def make_env(
     ``fixed_goals`` freezes one goal per task drawn from ``seed`` (else a new goal of the task's 50 at every reset);
     ``one_hot`` appends the K-dim task one-hot to the 39-dim state (obs dim 39 + K).
     """
-    benchmark, task = parse_env_name(name)
-    if max_episode_steps is not None and int(max_episode_steps) < 1:
-        raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
-    if reward_version not in ("v1", "v2"):
-        raise ValueError(f"reward_version must be 'v1' or 'v2', got {reward_version!r}")
     if vector_strategy not in ("sync", "async"):
         raise ValueError(f"vector_strategy must be 'sync' or 'async', got {vector_strategy!r}")
-    steps = min(int(max_episode_steps), 500) if max_episode_steps is not None else 500
-    strategy: Literal["sync", "async"] = "async" if vector_strategy == "async" else "sync"
-    common: dict[str, Any] = dict(
-        seed=int(seed),
-        use_one_hot=bool(one_hot),
-        reward_function_version=reward_version,
-        terminate_on_success=bool(terminate_on_success),
-        num_goals=1 if fixed_goals else _NUM_GOALS,
-    )
-    previous_goals = getattr(metaworld, "_N_GOALS", _NUM_GOALS)
-    try:
+    factories = env_factories(name, seed, max_episode_steps=max_episode_steps, reward_version=reward_version,
+                              fixed_goals=fixed_goals, one_hot=one_hot, terminate_on_success=terminate_on_success)
+    return build_vector_env(factories, vector_strategy)
+
+
+def build_vector_env(factories: TaskFactories, vector_strategy: str = "sync") -> MultiTaskVectorEnv:
+    """All of ``factories``' sub-envs as one :class:`MultiTaskVectorEnv`, stepping in process (``sync``) or in
+    gymnasium's one-process-per-env ``AsyncVectorEnv`` (``async``)."""
+    vectorizer = gym.vector.AsyncVectorEnv if vector_strategy == "async" else gym.vector.SyncVectorEnv
+    with warnings.catch_warnings():
+        for pattern in _BUILD_NOISE:
+            warnings.filterwarnings("ignore", message=pattern)
+        vec = vectorizer(list(factories.builders), autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    return MultiTaskVectorEnv(vec, list(factories.task_names), name=factories.name,
+                              max_episode_steps=factories.max_episode_steps,
+                              terminate_on_success=factories.terminate_on_success)
+
+
+@dataclasses.dataclass(frozen=True)
+class _MtFactory:
+    """Picklable builder of one MT10/MT50 sub-env: Meta-World's own per-task constructor (``_init_each_env``, what
+    ``make_mt_envs`` vectorises; metaworld is pinned at 3.1.1) on the task's share of the drawn goals."""
+
+    env_cls: type
+    tasks: tuple[Any, ...]
+    seed: int
+    env_id: int
+    num_tasks: int
+    kwargs: Mapping[str, Any]
+
+    def __call__(self) -> gym.Env:
         with warnings.catch_warnings():
             for pattern in _BUILD_NOISE:
                 warnings.filterwarnings("ignore", message=pattern)
-            if task is None:
-                vec = gym.make_vec(
-                    _REGISTERED[benchmark],
-                    vector_strategy=strategy,
-                    autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-                    max_episode_steps=steps,
-                    **common,
-                )
-                names = _task_names(benchmark)
-            else:
-                # Meta-World registers MT1 as a single env; gym.make consumes max_episode_steps itself and adds
-                # an outer TimeLimit, which truncates exactly like Meta-World's inner one
-                factory = _Mt1Factory(task=task, max_episode_steps=steps, kwargs=common)
-                vectorizer = gym.vector.AsyncVectorEnv if strategy == "async" else gym.vector.SyncVectorEnv
-                vec = vectorizer([factory], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
-                names = [task]
-    finally:
-        # the entry point stores num_goals in a metaworld global that would leak into every later build
-        metaworld._N_GOALS = previous_goals  # type: ignore[attr-defined]
-    return MultiTaskVectorEnv(
-        vec, names, name=name, max_episode_steps=steps, terminate_on_success=terminate_on_success
-    )
+            return metaworld._init_each_env(  # type: ignore[attr-defined]
+                env_cls=self.env_cls, tasks=list(self.tasks), seed=self.seed, env_id=self.env_id,
+                num_tasks=self.num_tasks, **self.kwargs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -346,24 +452,20 @@ class _Mt1Factory:
     kwargs: Mapping[str, Any]
 
     def __call__(self) -> gym.Env:
-        with warnings.catch_warnings():
-            for pattern in _BUILD_NOISE:
-                warnings.filterwarnings("ignore", message=pattern)
-            return gym.make(
-                "Meta-World/MT1",
-                env_name=self.task,
-                env_id=0,
-                num_tasks=1,
-                max_episode_steps=self.max_episode_steps,
-                disable_env_checker=True,
-                **self.kwargs,
-            )
-
-
-def _task_names(benchmark: str) -> list[str]:
-    """Task names of ``benchmark`` in Meta-World's order (the order of its sub-envs)."""
-    from metaworld import env_dict
-
-    classes = env_dict.MT10_V3 if benchmark == "mt10" else env_dict.MT50_V3
-    return list(classes.keys())
-
+        # the entry point stores num_goals in a metaworld global that would leak into every later build
+        previous_goals = getattr(metaworld, "_N_GOALS", _NUM_GOALS)
+        try:
+            with warnings.catch_warnings():
+                for pattern in _BUILD_NOISE:
+                    warnings.filterwarnings("ignore", message=pattern)
+                return gym.make(
+                    "Meta-World/MT1",
+                    env_name=self.task,
+                    env_id=0,
+                    num_tasks=1,
+                    max_episode_steps=self.max_episode_steps,
+                    disable_env_checker=True,
+                    **self.kwargs,
+                )
+        finally:
+            metaworld._N_GOALS = previous_goals  # type: ignore[attr-defined]

@@ -16,13 +16,15 @@ from typing import Any, Mapping
 
 import yaml
 
-from rl_mtl import combiners
+from rl_mtl import combiners, weighting
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 #: ``mtsac`` (plain: the per-task losses are averaged) and every gradient combiner of the registry
 METHODS: tuple[str, ...] = ("mtsac", *(name for name in combiners.names() if name != "mean"))
 METHOD_ALIASES: dict[str, str] = {"mean": "mtsac"}
+#: ``--method igbv2`` is shorthand for ``--method mtsac --weighting igbv2`` (likewise igbv1, rlw)
+WEIGHTING_METHODS: tuple[str, ...] = tuple(name for name in weighting.names() if name != "none")
 COMBINE_PARTS = ("critic", "actor")
 
 
@@ -55,6 +57,12 @@ class TrainConfig:
     """Losses routed through the combiner: ``critic,actor``, ``critic``, ``actor``; ``auto`` = both, FAMO critic."""
     diag_every: int = 10
     """Compute the per-task gradient diagnostics (imbalance, cos θ, Pareto failures) every this many updates."""
+    weighting: str = "none"
+    """Loss weighting applied before the combiner (DESIGN §6): ``none``, ``igbv1``, ``igbv2``, ``rlw``."""
+    weighting_opts: dict[str, Any] = field(default_factory=dict)
+    """Hyperparameters of the loss weighting (``--set weighting.hold=50``); see ``--help``."""
+    weighted: str = "critic"
+    """Losses the weighting scales: ``critic``, ``actor`` or ``critic,actor`` (actor losses need linear space)."""
 
     # --- loop
     steps: int = 2_000_000
@@ -79,6 +87,12 @@ class TrainConfig:
     """Append the one-hot task id to the observation (39 + K dims)."""
     vector_strategy: str = "sync"
     """How the vector env steps its environments: ``sync`` (in-process) or ``async`` (worker processes)."""
+    rollout: str = "sync"
+    """``sync``: step the envs in this process, then update (simple, for debugging); ``async``: step them in worker
+    processes while the learner updates (``envs/rollout.py``, DESIGN §7; the update lags the data by one step)."""
+    workers: int = 0
+    """Rollout worker processes with ``rollout=async``, each owning a share of the tasks balanced by measured step
+    cost; 0 = one per core left free by the learner (at most one per task)."""
 
     # --- agent
     hidden_sizes: tuple[int, ...] = (400, 400, 400)
@@ -143,6 +157,7 @@ class TrainConfig:
         out = dataclasses.asdict(self)
         out["hidden_sizes"] = list(self.hidden_sizes)
         out["combiner"] = dict(self.combiner)
+        out["weighting_opts"] = dict(self.weighting_opts)
         return out
 
 
@@ -151,18 +166,21 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "device": ("auto", "cpu", "cuda"),
     "reward_version": ("v1", "v2"),
     "vector_strategy": ("sync", "async"),
+    "rollout": ("sync", "async"),
     "arch": ("shared", "multihead"),
 }
 _POSITIVE_INT = ("steps", "batch_size", "buffer_size", "max_episode_steps", "eval_episodes", "log_every",
                  "updates_per_step", "actor_update_every", "target_update_every")
-_NON_NEGATIVE_INT = ("warmup_steps", "eval_every", "checkpoint_every", "torch_threads", "seed", "diag_every")
+_NON_NEGATIVE_INT = ("warmup_steps", "eval_every", "checkpoint_every", "torch_threads", "seed", "diag_every",
+                     "workers")
 _POSITIVE_FLOAT = ("actor_lr", "critic_lr", "alpha_lr", "init_alpha")
 _ENV_PATTERN = re.compile(r"^(mt10|mt50|mt1:[a-z0-9-]+)$")
 
 
 def _flag(name: str) -> str:
     """The command-line spelling of a field: dedicated flags for the common ones, ``--set name`` otherwise."""
-    return f"--{name}" if name in ("env", "method", "seed", "device", "steps") else f"--set {name}"
+    dedicated = ("env", "method", "seed", "device", "steps", "weighting", "rollout", "workers")
+    return f"--{name}" if name in dedicated else f"--set {name}"
 
 
 def _validate(cfg: TrainConfig) -> None:
@@ -191,7 +209,10 @@ def _validate(cfg: TrainConfig) -> None:
         raise ConfigError("--set grad_clip", f"must be >= 0 (0 disables), got {cfg.grad_clip}")
     if not cfg.hidden_sizes or any(h < 1 for h in cfg.hidden_sizes):
         raise ConfigError("--set hidden_sizes", f"must be a non-empty list of positive widths, got {cfg.hidden_sizes}")
+    if cfg.rollout == "async" and cfg.vector_strategy != "sync":
+        raise ConfigError("--rollout", "async rollouts run their own worker processes; leave vector_strategy at sync")
     _validate_combiner(cfg)
+    _validate_weighting(cfg)
     k = num_tasks(cfg.env)
     if cfg.batch_size % k:
         raise ConfigError("--set batch_size", f"must be a multiple of the {k} tasks of {cfg.env}, got {cfg.batch_size}")
@@ -209,17 +230,40 @@ def _validate_combiner(cfg: TrainConfig) -> None:
         if cfg.combiner:
             raise ConfigError(f"--set combiner.{next(iter(cfg.combiner))}", "method mtsac has no combiner options")
         return
-    known = combiners.hparams(cfg.method)
-    for name in cfg.combiner:
-        if name not in known or name == "seed":
+    _build_with_options(combiners, cfg.method, cfg.combiner, "combiner", "--method")
+
+
+def _build_with_options(registry: Any, name: str, options: Mapping[str, Any], prefix: str, flag: str) -> Any:
+    """Build ``registry.make(name, **options)`` (a combiner or a weighting) to validate its options; an unknown
+    option or a value out of range is a :class:`ConfigError` naming ``--set <prefix>.<option>``."""
+    known = registry.hparams(name)
+    for option in options:
+        if option not in known or option == "seed":
             allowed = ", ".join(k for k in known if k != "seed")
-            raise ConfigError(f"--set combiner.{name}", f"unknown option of {cfg.method}; known: {allowed}")
+            raise ConfigError(f"--set {prefix}.{option}", f"unknown option of {name}; known: {allowed}")
     try:
-        combiners.make(cfg.method, **cfg.combiner)
+        return registry.make(name, **options)
     except (ValueError, TypeError) as exc:
-        name = next((n for n in cfg.combiner if n in str(exc)), next(iter(cfg.combiner), ""))
-        flag = f"--set combiner.{name}" if name else "--method"
-        raise ConfigError(flag, str(exc)) from None
+        option = next((n for n in options if n in str(exc)), next(iter(options), ""))
+        raise ConfigError(f"--set {prefix}.{option}" if option else flag, str(exc)) from None
+
+
+def _validate_weighting(cfg: TrainConfig) -> None:
+    """The weighting exists, its options exist and are in range, and it weights losses it can take the log of."""
+    if cfg.weighting not in weighting.names():
+        raise ConfigError("--weighting", f"unknown weighting '{cfg.weighting}'; known: {', '.join(weighting.names())}")
+    parts = [p.strip() for p in cfg.weighted.split(",")]
+    if not parts or any(p not in COMBINE_PARTS for p in parts) or len(set(parts)) != len(parts):
+        raise ConfigError("--set weighted", f"'{cfg.weighted}' must be a list of {', '.join(COMBINE_PARTS)}")
+    if cfg.weighting == "none":
+        if cfg.weighting_opts:
+            raise ConfigError(f"--set weighting.{next(iter(cfg.weighting_opts))}",
+                              "no loss weighting is selected (--weighting none)")
+        return
+    built = _build_with_options(weighting, cfg.weighting, cfg.weighting_opts, "weighting", "--weighting")
+    if "actor" in parts and built.space == "log":
+        raise ConfigError("--set weighted", "SAC's actor loss can be negative, so it cannot be weighted in log "
+                                            "space; add --set weighting.space=linear or weight the critic only")
 
 
 def method_help() -> str:
@@ -228,6 +272,11 @@ def method_help() -> str:
     for name in METHODS[1:]:
         options = ", ".join(f"{k}={v!r}" for k, v in combiners.hparams(name).items() if k != "seed")
         lines.append(f"{name}: {options or '(no options)'}")
+    lines.append("")
+    lines.append("loss weightings (--weighting NAME, --set weighting.NAME=VALUE; --method igbv2 = mtsac + igbv2):")
+    for name in WEIGHTING_METHODS:
+        options = ", ".join(f"{k}={v!r}" for k, v in weighting.hparams(name).items() if k != "seed")
+        lines.append(f"{name}: {options}")
     return "\n  ".join(lines)
 
 
@@ -280,6 +329,9 @@ def parse_set(items: list[str]) -> dict[str, Any]:
         if key.startswith("combiner.") and len(key) > len("combiner."):
             out.setdefault("combiner", {})[key[len("combiner."):]] = yaml.safe_load(raw.strip())
             continue
+        if key.startswith("weighting.") and len(key) > len("weighting."):
+            out.setdefault("weighting_opts", {})[key[len("weighting."):]] = yaml.safe_load(raw.strip())
+            continue
         if key not in names:
             raise ConfigError("--set", f"unknown option '{key}'; known: {', '.join(n for n in names if n != 'preset')}")
         out[key] = _coerce(key, raw.strip())
@@ -290,9 +342,9 @@ def _coerce(name: str, raw: Any) -> Any:
     """Convert a YAML/CLI value to the field's type, raising :class:`ConfigError` naming the field."""
     hint = typing.get_type_hints(TrainConfig)[name]
     value = yaml.safe_load(raw) if isinstance(raw, str) else raw
-    if name == "combiner":
+    if name in ("combiner", "weighting_opts"):
         if not isinstance(value, dict):
-            raise ConfigError("--set combiner", f"expected a mapping of option: value, got '{raw}'")
+            raise ConfigError(f"--set {name}", f"expected a mapping of option: value, got '{raw}'")
         return dict(value)
     try:
         if name == "hidden_sizes":
@@ -334,8 +386,14 @@ def build_config(
     overrides = dict(overrides or {})
     # combiner options merge key by key (a preset's c survives --set combiner.rescale=...)
     values["combiner"] = {**values.get("combiner", {}), **overrides.pop("combiner", {})}
+    values["weighting_opts"] = {**values.get("weighting_opts", {}), **overrides.pop("weighting_opts", {})}
     values.update(overrides)
     values["method"] = METHOD_ALIASES.get(values.get("method", "mtsac"), values.get("method", "mtsac"))
+    if values["method"] in WEIGHTING_METHODS:  # --method igbv2: the plain mean with the igbv2 weighting
+        if values.get("weighting", "none") not in ("none", values["method"]):
+            raise ConfigError("--method", f"'{values['method']}' is shorthand for --method mtsac --weighting "
+                                          f"{values['method']}, but --weighting {values['weighting']} was given")
+        values["weighting"], values["method"] = values["method"], "mtsac"
     typed = {k: (_coerce(k, v) if k != "preset" else str(v)) for k, v in values.items()}
     return TrainConfig(**typed)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.metaworld import MultiTaskVectorEnv, make_env
+from envs.metaworld import MultiTaskEnv, MultiTaskVectorEnv, make_env
 
 #: a batched policy: (N, obs_dim) observations, one row per task → (N, action_dim) actions
 Policy = Callable[[np.ndarray], np.ndarray]
@@ -41,7 +41,7 @@ class EvaluationResult:
 
 def evaluate_policy(
     policy: Policy,
-    env: str | MultiTaskVectorEnv = "mt10",
+    env: str | MultiTaskEnv = "mt10",
     episodes: int = 10,
     seed: int = 0,
     config: Mapping[str, Any] | None = None,
@@ -56,7 +56,7 @@ def evaluate_policy(
 
 def evaluate_detailed(
     policy: Policy,
-    env: str | MultiTaskVectorEnv = "mt10",
+    env: str | MultiTaskEnv = "mt10",
     episodes: int = 10,
     seed: int = 0,
     config: Mapping[str, Any] | None = None,
@@ -64,7 +64,7 @@ def evaluate_detailed(
     """Like :func:`evaluate_policy`, also returning per-task mean episode return and length (for logging)."""
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
-    if isinstance(env, MultiTaskVectorEnv):
+    if not isinstance(env, str):  # a built env: in process or an envs.rollout.AsyncCollector
         if config:
             raise ValueError("config overrides apply only when env is a name; got a built env and a config")
         state = env.rng_state()
@@ -80,7 +80,7 @@ def evaluate_detailed(
         return _run(policy, built, episodes, seed)
 
 
-def _run(policy: Policy, env: MultiTaskVectorEnv, episodes: int, seed: int) -> EvaluationResult:
+def _run(policy: Policy, env: MultiTaskEnv, episodes: int, seed: int) -> EvaluationResult:
     """Run exactly ``episodes`` episodes per task on ``env``, cutting each at its first success."""
     k = env.num_tasks
     counts = np.zeros(k, dtype=np.int64)
@@ -139,14 +139,15 @@ def _with_mean(names: list[str], values: np.ndarray) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Command line: `python -m rl_mtl.evaluate --run DIR | --checkpoint FILE [--episodes 50] [--seed S]`
+# Command line: `python -m rl_mtl.evaluate --run DIR | --checkpoint FILE | --sweep DIR [--episodes 50] [--seeds N]`
 PROG = "python -m rl_mtl.evaluate"
+DEFAULT_EPISODES = 10
+#: Meta-World's official evaluation: 50 episodes per task (goal variations), success = reached at any step
+OFFICIAL_EPISODES = 50
 
 
 def load_agent(checkpoint_file: Path, device: str = "cpu") -> tuple[Any, Any]:
     """The agent and run config stored in a training checkpoint (``runs/<run>/checkpoints/last.pt``)."""
-    import torch
-
     from agents.mtsac import MTSAC
     from rl_mtl import checkpoint
     from rl_mtl.config import build_config, num_tasks
@@ -161,7 +162,7 @@ def load_agent(checkpoint_file: Path, device: str = "cpu") -> tuple[Any, Any]:
         agent.load_full_state_dict(state["agent"])
     except (KeyError, RuntimeError) as exc:
         raise checkpoint.CheckpointError(f"checkpoint file {checkpoint_file} has no matching agent ({exc})") from None
-    torch.set_grad_enabled(False)
+    agent.requires_grad_(False)  # acting only (never torch.set_grad_enabled: that would leak into the caller)
     return agent, cfg
 
 
@@ -174,8 +175,87 @@ def format_table(result: Mapping[str, float]) -> str:
     return "\n".join(rows)
 
 
+def evaluate_seeds(
+    policy: Policy,
+    env: str | MultiTaskEnv,
+    episodes: int,
+    seeds: Sequence[int],
+    config: Mapping[str, Any] | None = None,
+) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """Success per task (and ``"mean"``) averaged over evaluation ``seeds``, and each seed's own result.
+
+    Every seed runs ``episodes`` episodes per task, so the average weighs all ``len(seeds) * episodes`` equally.
+    """
+    if not seeds:
+        raise ValueError("seeds must not be empty")
+    per_seed = [evaluate_policy(policy, env, episodes=episodes, seed=s, config=config) for s in seeds]
+    return {k: float(np.mean([r[k] for r in per_seed])) for k in per_seed[0]}, per_seed
+
+
+def _agent_policy(agent: Any) -> Policy:
+    """The deterministic (mean) action of a loaded agent, one observation row per task."""
+    task_ids = np.arange(agent.num_tasks)
+    return lambda obs: agent.act(obs, task_ids[: len(obs)], deterministic=True)
+
+
+def evaluate_checkpoint(
+    ckpt: Path,
+    episodes: int,
+    seeds: Sequence[int],
+    device: str = "cpu",
+    envs: dict[str, MultiTaskVectorEnv] | None = None,
+) -> dict[str, Any]:
+    """Evaluate a checkpoint; the ``eval.json`` payload (checkpoint, step, episodes, seeds, success, per_seed).
+
+    With ``envs`` (a cache keyed by the env options) checkpoints of one benchmark share one built env.
+    """
+    from rl_mtl import checkpoint
+
+    agent, cfg = load_agent(ckpt, device)
+    step = int(checkpoint.load(ckpt, map_location="cpu")["step"])
+    env: str | MultiTaskEnv = cfg.env
+    config: dict[str, Any] | None = cfg.env_kwargs()
+    if envs is not None:
+        key = json.dumps([cfg.env, cfg.env_kwargs()], sort_keys=True)
+        if key not in envs:
+            envs[key] = make_env(cfg.env, seeds[0], terminate_on_success=True, **cfg.env_kwargs())
+        env, config = envs[key], None
+    success, per_seed = evaluate_seeds(_agent_policy(agent), env, episodes, seeds, config)
+    return {"checkpoint": str(ckpt), "step": step, "episodes": episodes, "seed": seeds[0], "seeds": list(seeds),
+            "success": success, "per_seed": per_seed}
+
+
+def _evaluate_sweep(root: Path, episodes: int, seeds: Sequence[int], device: str) -> int:
+    """Evaluate the final checkpoint of every finished run under ``root``, writing ``<run>/eval.json``."""
+    from rl_mtl import checkpoint, runs
+
+    envs: dict[str, MultiTaskVectorEnv] = {}
+    done = 0
+    try:
+        for run in runs.find_runs(root):
+            summary = runs.read_json(run / runs.SUMMARY)
+            if summary is None or not runs.checkpoint_path(run).is_file():
+                print(f"skipped {run}: not finished (no {runs.SUMMARY} or checkpoint)")
+                continue
+            try:
+                payload = evaluate_checkpoint(runs.checkpoint_path(run), episodes, seeds, device, envs)
+            except checkpoint.CheckpointError as exc:
+                print(f"skipped {run}: {exc}")
+                continue
+            runs.write_json(run / runs.EVAL, payload)
+            done += 1
+            print(f"{run}: success {payload['success']['mean']:.3f} at step {payload['step']} "
+                  f"({episodes} episodes x {len(seeds)} seeds per task)", flush=True)
+    finally:
+        for env in envs.values():
+            env.close()
+    print(f"evaluated {done} run(s); aggregate with: python -m rl_mtl.report {root} --source eval")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m rl_mtl.evaluate --run DIR | --checkpoint FILE [--episodes N] [--seed S]``."""
+    """``python -m rl_mtl.evaluate --run DIR | --checkpoint FILE | --sweep DIR [--episodes N] [--seed S]
+    [--seeds N]``."""
     from rl_mtl import checkpoint
     from rl_mtl.cli import Parser, fail
     from rl_mtl.config import ConfigError
@@ -184,29 +264,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", help="run directory (uses its checkpoints/last.pt)")
     source.add_argument("--checkpoint", help="checkpoint file")
-    parser.add_argument("--episodes", type=int, default=10, help="episodes per task (Meta-World's official: 50)")
-    parser.add_argument("--seed", type=int, default=0, help="evaluation seed (goals and resets)")
+    source.add_argument("--sweep", help="sweep directory: evaluate every finished run's final checkpoint and write "
+                        "<run>/eval.json (read by python -m rl_mtl.report DIR --source eval)")
+    parser.add_argument("--episodes", type=int, help=f"episodes per task and seed (default {DEFAULT_EPISODES}; "
+                        f"Meta-World's official protocol: {OFFICIAL_EPISODES})")
+    parser.add_argument("--protocol", choices=("default", "official"), default="default",
+                        help=f"official: Meta-World's protocol, {OFFICIAL_EPISODES} episodes per task")
+    parser.add_argument("--seed", type=int, default=0, help="evaluation seed (goals and resets); the first of --seeds")
+    parser.add_argument("--seeds", type=int, default=1, help="evaluate with seeds seed .. seed+N-1 and average "
+                        "(fresh: training evaluations use <run seed>+10000)")
     parser.add_argument("--device", default="cpu", help="auto | cpu | cuda")
     parser.add_argument("--out", help="where to write the JSON result (default: <run>/eval.json)")
     args = parser.parse_args(argv)
-    if args.episodes < 1:
-        fail(PROG, f"--episodes: must be an integer >= 1, got {args.episodes}")
+    episodes = args.episodes if args.episodes is not None else (
+        OFFICIAL_EPISODES if args.protocol == "official" else DEFAULT_EPISODES)
+    if episodes < 1:
+        fail(PROG, f"--episodes: must be an integer >= 1, got {episodes}")
+    if args.protocol == "official" and episodes != OFFICIAL_EPISODES:
+        fail(PROG, f"--episodes: the official protocol uses {OFFICIAL_EPISODES}, got {episodes}")
+    if args.seeds < 1:
+        fail(PROG, f"--seeds: must be an integer >= 1, got {args.seeds}")
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    if args.sweep:
+        if args.out:
+            fail(PROG, "--out: not with --sweep (each run's result goes to <run>/eval.json)")
+        if not Path(args.sweep).is_dir():
+            fail(PROG, f"--sweep: {args.sweep} is not a directory")
+        return _evaluate_sweep(Path(args.sweep), episodes, seeds, args.device)
     ckpt = Path(args.checkpoint) if args.checkpoint else Path(args.run) / "checkpoints" / checkpoint.CHECKPOINT_NAME
     try:
-        agent, cfg = load_agent(ckpt, args.device)
+        payload = evaluate_checkpoint(ckpt, episodes, seeds, args.device)
     except checkpoint.CheckpointError as exc:
         fail(PROG, f"{'--checkpoint' if args.checkpoint else '--run'}: {exc}")
     except ConfigError as exc:
         fail(PROG, str(exc))
-    task_ids = np.arange(agent.num_tasks)
-
-    def policy(obs: np.ndarray) -> np.ndarray:
-        return agent.act(obs, task_ids[: len(obs)], deterministic=True)
-
-    result = evaluate_policy(policy, env=cfg.env, episodes=args.episodes, seed=args.seed, config=cfg.env_kwargs())
-    print(format_table(result))
+    print(format_table(payload["success"]))
     out = Path(args.out) if args.out else (Path(args.run) if args.run else ckpt.parent.parent) / "eval.json"
-    payload = {"checkpoint": str(ckpt), "episodes": args.episodes, "seed": args.seed, "success": result}
     out.write_text(json.dumps(payload, indent=2))
     print(f"written {out}")
     return 0

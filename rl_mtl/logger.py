@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -102,6 +102,27 @@ class Logger:
     def text(self, tag: str, text: str, step: int = 0) -> None:
         """TensorBoard text (the resolved config at step 0)."""
         self.writer.add_text(tag, text, step)
+
+    def hparams(self, values: Mapping[str, Any], metrics: Sequence[str]) -> None:
+        """Register the run's hyperparameters with TensorBoard's HParams dashboard, in this run's own event file.
+
+        ``values`` may nest one level (``combiner: {c: 0.9}`` becomes ``combiner.c``); lists and ``None`` are shown
+        as text. ``metrics`` are scalar tags this run logs (``eval/success/mean``): the dashboard reads their
+        values from the run, so runs of a sweep can be filtered and compared by method and option.
+        """
+        from torch.utils.tensorboard.summary import hparams
+
+        flat: dict[str, bool | int | float | str] = {}
+        for key, value in values.items():
+            items = value.items() if isinstance(value, Mapping) else [("", value)]
+            for sub, item in items:
+                name = f"{key}.{sub}" if sub else key
+                if isinstance(item, (list, tuple)):
+                    item = ",".join(str(v) for v in item)
+                flat[name] = item if isinstance(item, (bool, int, float, str)) else str(item)
+        for summary in hparams(flat, {tag: math.nan for tag in metrics}):
+            self.writer.file_writer.add_summary(summary)
+        self.writer.flush()
 
     def progress(self, step: int, **postfix: float | str) -> None:
         """Advance the console bar to ``step`` and update the shown figures (steps/s, latest success, ...)."""

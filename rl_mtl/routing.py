@@ -5,6 +5,10 @@ shared parameters in one ``vmap`` pass, the Gram ``G Gᵀ``, asks the combiner f
 ``d = Σ_k w_k g_k`` into ``.grad``. Loss-only combiners (FAMO) skip the per-task gradients: their direction is the
 gradient of ``Σ_k w_k L_k``, one ordinary backward. Plain MTSAC keeps its single backward pass and computes the
 per-task gradients only every ``diag_every`` updates, so its imbalance diagnostics cost next to nothing.
+
+A loss weighting (``rl_mtl/weighting``, DESIGN §6) composes with every path: its weights ``λ`` scale task k's
+gradient by ``s_k`` (``λ_k`` or ``λ_k / L_k`` in log space), so a combiner is handed the Gram of ``diag(s) G`` and
+the direction is ``Σ_k w_k s_k g_k`` — exactly the combiner applied to the weighted task gradients.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from agents.mtsac import TaskLoss
 from rl_mtl.combiners import Combiner, make
 from rl_mtl.combiners.diagnostics import pareto_stats
 from rl_mtl.pertask import detached_params, gram, per_task_gradients, write_direction
+from rl_mtl.weighting import Weighting, gradient_scale
+from rl_mtl.weighting import make as make_weighting
 
 #: combined losses by default; FAMO reweights only the critic, as in its reference (references.md)
 DEFAULT_COMBINE = {"famo": ("critic",)}
@@ -30,11 +36,17 @@ class CombinedStep:
     """Reducer that writes the combined direction of one loss (critic or actor) and aggregates diagnostics.
 
     combiner: the method (for plain MTSAC, ``mean`` with ``plain=True``: the gradient stays one backward of the
-    mean loss); diag_every: per-task gradients for diagnostics every this many calls (0: never, when plain).
+    mean loss); diag_every: per-task gradients for diagnostics every this many calls (0: never, when plain);
+    weighting: task weights applied before the combiner (None: unweighted); ``info`` is what the trainer tells
+    the weighting about the run (recent success per task, progress).
     """
 
-    def __init__(self, combiner: Combiner, plain: bool = False, diag_every: int = 10) -> None:
+    def __init__(self, combiner: Combiner, plain: bool = False, diag_every: int = 10,
+                 weighting: Weighting | None = None) -> None:
         self.combiner = combiner
+        self.weighting = weighting
+        self.info: dict[str, Any] = {}
+        self._before: Tensor | None = None  # the losses the weighting saw this call, for its observe()
         self.plain = plain
         self.diag_every = diag_every
         self.calls = 0
@@ -51,28 +63,37 @@ class CombinedStep:
         self.calls += 1
         if self.plain or not self.combiner.needs_gram:
             losses, aux = task_loss.batched()
+            scale = self._scale(losses.detach())
+            scaled = losses if scale is None else scale * losses
             weights = None
             if self.plain:
-                losses.mean().backward(inputs=params)
+                scaled.mean().backward(inputs=params)
             else:
                 t0 = time.perf_counter()
                 weights = self.combiner(None, losses.detach())
                 self._add("solver_ms", 1e3 * (time.perf_counter() - t0))
-                (weights.detach() * losses).sum().backward(inputs=params)
+                (weights.detach() * scaled).sum().backward(inputs=params)
             losses, aux = losses.detach(), aux.detach()
             if diagnose:
                 G = self._gradients(task_loss)[0]
                 k = G.shape[0]
-                used = weights if weights is not None else torch.full((k,), 1.0 / k)
+                used = weights.detach() if weights is not None else torch.full((k,), 1.0 / k, device=G.device)
+                if scale is not None:
+                    used = used * scale.to(used)
                 method_stats = self.combiner.stats() if weights is not None else {}
-                self._add_stats({**method_stats, **pareto_stats(gram(G), used.detach().cpu())})
+                self._add_stats({**method_stats, **pareto_stats(gram(G), used.cpu())})
         else:
             # one vmapped pass gives the gradients, the losses and the aux outputs: no separate forward
             G, losses, aux = self._gradients(task_loss)
+            scale = self._scale(losses)
+            task_gram = gram(G)
+            if scale is not None:  # the Gram of diag(s) G
+                s64 = scale.to(task_gram)
+                task_gram = task_gram * s64[:, None] * s64[None, :]
             t0 = time.perf_counter()
-            weights = self.combiner(gram(G), losses)
+            weights = self.combiner(task_gram, losses)
             self._add("solver_ms", 1e3 * (time.perf_counter() - t0))
-            write_direction(weights, G, params)
+            write_direction(weights if scale is None else weights * scale.to(weights), G, params)
             if diagnose:
                 self._add_stats(self.combiner.stats())
         if self.initial_losses is None:
@@ -81,14 +102,30 @@ class CombinedStep:
         self._add_vector("progress", losses / self.initial_losses)
         return losses, aux
 
+    def _scale(self, losses: Tensor) -> Tensor | None:
+        """Per-task gradient factors ``s`` (K,) of the weighting for these losses; None when unweighted."""
+        if self.weighting is None:
+            return None
+        self._before = losses.detach()
+        weights = self.weighting.weights(self._before, self.info)
+        return gradient_scale(weights, self._before, self.weighting.space, self.weighting.eps)
+
     def after_step(self, task_loss: TaskLoss) -> None:
-        """Give a stateful combiner (FAMO) the losses re-measured on the same batch after the optimiser step."""
-        if not self._has_after_step or self.plain or task_loss.fn is None:
-            return
-        in_dims = (None, *([0] * len(task_loss.inputs)))
-        with torch.no_grad():
-            after, _ = vmap(task_loss.fn, in_dims=in_dims)(detached_params(task_loss.params), *task_loss.inputs)
-        self.combiner.after_step(after)
+        """After the optimiser step: give a stateful combiner (FAMO) and the weighting (IGBv2's reward) the losses
+        re-measured on the same batch, each only when it asks for them."""
+        for_combiner = self._has_after_step and not self.plain and task_loss.fn is not None
+        for_weighting = self.weighting is not None and self.weighting.needs_after()
+        after = None
+        if for_combiner:
+            in_dims = (None, *([0] * len(task_loss.inputs)))
+            with torch.no_grad():
+                after, _ = vmap(task_loss.fn, in_dims=in_dims)(detached_params(task_loss.params), *task_loss.inputs)
+            self.combiner.after_step(after)
+        if self.weighting is not None and self._before is not None:
+            if for_weighting and after is None:
+                with torch.no_grad():
+                    after = task_loss.batched()[0]
+            self.weighting.observe(self._before, after if for_weighting else None)
 
     @staticmethod
     def _gradients(task_loss: TaskLoss) -> tuple[Tensor, Tensor, Tensor]:
@@ -132,15 +169,22 @@ class CombinedStep:
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """Combiner state (FAMO logits, Nash warm start, PCGrad's RNG), call count and initial losses."""
+        """Combiner state (FAMO logits, Nash warm start, PCGrad's RNG), call count, initial losses and the
+        weighting's state (its networks and replay for IGBv2)."""
         return {"combiner": self.combiner.state_dict(), "calls": self.calls,
-                "initial_losses": None if self.initial_losses is None else self.initial_losses.cpu()}
+                "initial_losses": None if self.initial_losses is None else self.initial_losses.cpu(),
+                "weighting": None if self.weighting is None else self.weighting.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
         self.combiner.load_state_dict(state["combiner"])
         self.calls = int(state["calls"])
         self.initial_losses = state["initial_losses"]  # already on the learner's device (torch.load's map_location)
+        if self.weighting is not None:
+            if state.get("weighting") is None:
+                raise ValueError("the checkpoint holds no loss-weighting state for this run's weighting")
+            device = None if self.initial_losses is None else self.initial_losses.device
+            self.weighting.load_state_dict(state["weighting"], device)
 
 
 def combined_parts(method: str, combine: str) -> tuple[str, ...]:
@@ -150,15 +194,21 @@ def combined_parts(method: str, combine: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in combine.split(",") if part.strip())
 
 
-def build_steps(method: str, hparams: dict[str, Any], combine: str, diag_every: int, seed: int
-                ) -> dict[str, CombinedStep]:
+def build_steps(method: str, hparams: dict[str, Any], combine: str, diag_every: int, seed: int,
+                weighting: str = "none", weighting_hparams: dict[str, Any] | None = None,
+                weighted: str = "critic") -> dict[str, CombinedStep]:
     """One :class:`CombinedStep` per combined loss (its own combiner instance and state) and a plain,
-    diagnosing one for every other loss; ``mtsac`` is plain everywhere."""
+    diagnosing one for every other loss; ``mtsac`` is plain everywhere.  The losses named in ``weighted`` get
+    their own instance of the loss weighting ``weighting`` (none: unweighted)."""
     parts = () if method == "mtsac" else combined_parts(method, combine)
+    weighted_parts = () if weighting == "none" else tuple(p.strip() for p in weighted.split(",") if p.strip())
     steps = {}
     for offset, part in enumerate(PARTS):
+        weighter = (make_weighting(weighting, seed=seed + 100 + offset, **(weighting_hparams or {}))
+                    if part in weighted_parts else None)
         if part in parts:
-            steps[part] = CombinedStep(make(method, seed=seed + offset, **hparams), diag_every=diag_every)
+            steps[part] = CombinedStep(make(method, seed=seed + offset, **hparams), diag_every=diag_every,
+                                       weighting=weighter)
         else:
-            steps[part] = CombinedStep(make("mean"), plain=True, diag_every=diag_every)
+            steps[part] = CombinedStep(make("mean"), plain=True, diag_every=diag_every, weighting=weighter)
     return steps

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -18,6 +19,7 @@ from rl_mtl import checkpoint
 from rl_mtl.cli import Parser, fail
 from rl_mtl.config import (
     METHODS,
+    WEIGHTING_METHODS,
     ConfigError,
     TrainConfig,
     build_config,
@@ -31,7 +33,7 @@ from rl_mtl.config import (
 PROG = "python -m rl_mtl.train"
 #: options a resumed run may change; anything else must match the saved config
 RESUMABLE = {"steps", "eval_every", "eval_episodes", "log_every", "checkpoint_every", "save_replay", "device",
-             "torch_threads", "diag_every"}
+             "torch_threads", "diag_every", "rollout", "workers"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,11 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
                     + "\n\nEvery option of the config is reachable with --set NAME=VALUE:\n  "
                     + ", ".join(n for n in field_names() if n != "preset"))
     parser.add_argument("--env", help="mt10 | mt50 | mt1:<task> (default: the preset's, mt10)")
-    parser.add_argument("--method", help=f"one of: {', '.join(METHODS)} (mean = mtsac)")
+    parser.add_argument("--method", help=f"one of: {', '.join(METHODS)} (mean = mtsac); "
+                        f"{', '.join(WEIGHTING_METHODS)} = mtsac with that --weighting")
+    parser.add_argument("--weighting", help="loss weighting composed with the method: none | "
+                        f"{' | '.join(WEIGHTING_METHODS)} (default none)")
     parser.add_argument("--config", default="mt10", help=f"preset from configs/: {', '.join(presets())}")
     parser.add_argument("--steps", help="loop steps (each steps all K envs once)")
     parser.add_argument("--seed", help="random seed")
     parser.add_argument("--device", help="auto | cpu | cuda")
+    parser.add_argument("--rollout", help="sync (envs in this process, then the update) | async (envs in worker "
+                        "processes, stepping while the learner updates)")
+    parser.add_argument("--workers", help="rollout worker processes with --rollout async (0: one per free core)")
     parser.add_argument("--logdir", help="run directory (default: runs/<env>_<method>_seed<seed>)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --logdir from its checkpoint")
     parser.add_argument("--save-replay", action="store_true", help="also checkpoint the replay buffer")
@@ -58,8 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The options given on the command line (dedicated flags, then ``--set``), untyped."""
-    out: dict[str, Any] = {k: getattr(args, k) for k in ("env", "method", "steps", "seed", "device")
-                           if getattr(args, k) is not None}
+    flags = ("env", "method", "steps", "seed", "device", "weighting", "rollout", "workers")
+    out: dict[str, Any] = {k: getattr(args, k) for k in flags if getattr(args, k) is not None}
     if args.save_replay:
         out["save_replay"] = True
     out.update(parse_set(args.set))
@@ -67,8 +75,9 @@ def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
-    """``runs/<env>_<method>_seed<seed>`` with the env name made path-safe."""
-    return Path("runs") / f"{re.sub(r'[^A-Za-z0-9_.-]', '-', cfg.env)}_{cfg.method}_seed{cfg.seed}"
+    """``runs/<env>_<method>[-<weighting>]_seed<seed>`` with the env name made path-safe."""
+    method = cfg.method if cfg.weighting == "none" else f"{cfg.method}-{cfg.weighting}"
+    return Path("runs") / f"{re.sub(r'[^A-Za-z0-9_.-]', '-', cfg.env)}_{method}_seed{cfg.seed}"
 
 
 def resolve(args: argparse.Namespace) -> tuple[TrainConfig, Path]:
@@ -108,9 +117,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         fail(PROG, str(exc))
     except checkpoint.CheckpointError as exc:
         fail(PROG, f"--resume: {exc}")
+    except RuntimeError as exc:
+        from envs.rollout import WorkerError  # a rollout worker that could not start: one line, no traceback
+
+        if not isinstance(exc, WorkerError):
+            raise
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
     result = trainer.run()
     if result.get("interrupted"):
         return 130
+    if result.get("failed"):
+        print(f"{PROG}: error: {result['error']}", file=sys.stderr)
+        return 1
     print(f"final eval success {result['mean']:.3f} ({run_dir / 'summary.json'})")
     return 0
 

@@ -19,15 +19,20 @@ import torch
 
 from agents.mtsac import MTSAC, SACConfig
 from agents.replay import MultiTaskReplay
-from envs.metaworld import MultiTaskVectorEnv, make_env
+from envs.metaworld import MultiTaskEnv
+from envs.rollout import AsyncCollector, WorkerError, make_rollout_env
 from rl_mtl import checkpoint
+from rl_mtl.acting import ActingPolicy
 from rl_mtl.config import ConfigError, TrainConfig, config_table, save_config
 from rl_mtl.evaluate import evaluate_policy
 from rl_mtl.logger import Logger
 from rl_mtl.routing import build_steps
+from rl_mtl.transfer import StepTransfer
 
 #: evaluation episodes are seeded apart from the training ones (same env, reseeded for the evaluation)
 EVAL_SEED_OFFSET = 10_000
+#: rate of the running per-task training success a loss weighting sees (about the last 5 episodes of a task)
+SUCCESS_EMA = 0.2
 
 
 def resolve_device(name: str) -> torch.device:
@@ -66,7 +71,7 @@ class Trainer:
     """
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool = True,
-                 env: MultiTaskVectorEnv | None = None) -> None:
+                 env: MultiTaskEnv | None = None) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.device = resolve_device(cfg.device)
@@ -77,14 +82,23 @@ class Trainer:
         state = checkpoint.load(self.ckpt_path, map_location=self.device) if resume else None
 
         self._owns_env = env is None
-        self.env: MultiTaskVectorEnv = env if env is not None else make_env(cfg.env, seed=cfg.seed,
-                                                                            **cfg.env_kwargs())
+        self.env: MultiTaskEnv = env if env is not None else make_rollout_env(
+            cfg.env, cfg.seed, rollout=cfg.rollout, workers=cfg.workers, **cfg.env_kwargs())
         self.num_tasks = self.env.num_tasks
         self.task_ids = np.arange(self.num_tasks)
         self.agent = MTSAC(self.env.obs_dim, self.env.action_dim, self.num_tasks, sac_config(cfg), self.device)
+        # acting and the step's crossing to the device: once per loop step each (DESIGN §7)
+        self.policy = ActingPolicy(self.agent.actor, self.num_tasks, self.env.obs_dim)
+        self.transfer = StepTransfer(self.num_tasks, self.env.obs_dim, self.env.action_dim, self.device)
         # the critic and actor losses reach their optimisers through the method's combiner (DESIGN §1)
-        self.combined = build_steps(cfg.method, cfg.combiner, cfg.combine, cfg.diag_every, cfg.seed)
+        self.combined = build_steps(cfg.method, cfg.combiner, cfg.combine, cfg.diag_every, cfg.seed,
+                                    cfg.weighting, cfg.weighting_opts, cfg.weighted)
         self.agent.reducers.update(self.combined)
+        # what a loss weighting may condition on (IGBv2's state): recent training success per task, progress t/T
+        self.task_success = np.zeros(self.num_tasks)
+        self.weighting_info: dict[str, Any] = {"success": self.task_success, "progress": 0.0}
+        for step in self.combined.values():
+            step.info = self.weighting_info
         self.replay = MultiTaskReplay(self.num_tasks, self.env.obs_dim, self.env.action_dim,
                                       cfg.buffer_size // self.num_tasks, self.device, seed=cfg.seed)
         self.action_rng = np.random.default_rng(cfg.seed)
@@ -98,6 +112,8 @@ class Trainer:
         self.logger = Logger(self.run_dir, self.env.task_names, cfg.steps, start_step=self.step, progress=progress)
         if state is None:
             self.logger.text("config", config_table(cfg))
+            # the HParams dashboard filters the runs of a sweep by method and option (tensorboard --logdir <sweep>)
+            self.logger.hparams(cfg.to_dict(), metrics=("eval/success/mean", "train/success/mean"))
         self._stop_signal: int | None = None
 
     # ------------------------------------------------------------------ main loop
@@ -105,29 +121,33 @@ class Trainer:
         """Train to ``cfg.steps`` (or until SIGINT/SIGTERM, which checkpoints first); returns the final evaluation."""
         cfg = self.cfg
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-        obs = self.env.reset(seed=cfg.seed + self.step)
         t_interval, steps_interval, sim_time, update_time = time.perf_counter(), 0, 0.0, 0.0
         updates_interval = 0
+        # async: send the actions, update while the workers simulate, then collect — the update made during step t
+        # samples a replay without transition t (one step of data staleness; the acting actor is never stale)
+        overlap = cfg.rollout == "async"
         try:
+            obs = self.env.reset(seed=cfg.seed + self.step)
+            act_obs: torch.Tensor | None = None  # obs on the learner's device, brought by the last step's transfer
             while self.step < cfg.steps and self._stop_signal is None:
                 t0 = time.perf_counter()
-                if self.step < cfg.warmup_steps:
-                    actions = self.action_rng.uniform(-1.0, 1.0, (self.num_tasks, self.env.action_dim))
-                    actions = actions.astype(np.float32)
-                else:
-                    actions = self.agent.act(obs, self.task_ids, deterministic=False)
-                result = self.env.step(actions)
-                self.replay.add(obs, actions, result.reward, result.next_obs, result.terminated)
-                obs = result.obs
-                self._record_episodes(result)
+                actions = self._actions(obs, act_obs)
+                self.env.step_async(actions)
                 t1 = time.perf_counter()
-                if self.step >= self.updates_from:
-                    for _ in range(cfg.updates_per_step):
-                        metrics = self.agent.update(self.replay.sample(cfg.batch_size))
-                        self._record_update(metrics)
-                    updates_interval += cfg.updates_per_step
-                sim_time += t1 - t0
-                update_time += time.perf_counter() - t1
+                if overlap:
+                    updates_interval += self._update()
+                t2 = time.perf_counter()
+                result = self.env.step_wait()
+                moved = self.transfer(obs, actions, result.reward, result.next_obs, result.terminated, result.obs)
+                if result.lost is None:  # a step a rollout worker lost holds placeholder rows: not stored
+                    self.replay.add(moved.obs, moved.action, moved.reward, moved.next_obs, moved.terminated)
+                obs, act_obs = result.obs, moved.act_obs
+                self._record_episodes(result)
+                t3 = time.perf_counter()
+                if not overlap:
+                    updates_interval += self._update()
+                sim_time += (t1 - t0) + (t3 - t2)
+                update_time += (t2 - t1) + (time.perf_counter() - t3)
                 self.step += 1
                 steps_interval += 1
                 self.logger.progress(self.step)
@@ -140,6 +160,8 @@ class Trainer:
                     self.logger.record("perf/sim_ms", 1e3 * sim_time / steps_interval)
                     self.logger.record("perf/update_ms", 1e3 * update_time / max(updates_interval, 1))
                     self.logger.record("perf/replay_mb", self.replay.memory_bytes / 2**20)
+                    if isinstance(self.env, AsyncCollector):
+                        self.logger.record("perf/worker_restarts", self.env.restarts)
                     self._record_combiners()
                     out = self.logger.dump(self.step)
                     self.logger.progress(self.step, sps=steps_interval / elapsed,
@@ -148,7 +170,7 @@ class Trainer:
                         time.perf_counter(), 0, 0.0, 0.0, 0)
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
                     self.evaluate()
-                    obs = self.env.reset()
+                    obs, act_obs = self.env.reset(), None
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     self.save()
             if self._stop_signal is not None:
@@ -161,10 +183,32 @@ class Trainer:
             self.save()
             (self.run_dir / "summary.json").write_text(json.dumps(self._summary(final), indent=2))
             return final
+        except WorkerError as exc:  # a rollout worker failed past its restarts: stop cleanly, resumable
+            self.save()
+            message = (f"{exc}; stopped at step {self.step}, checkpoint saved to {self.ckpt_path}; continue with "
+                       f"--resume --logdir {self.run_dir}")
+            return {"failed": True, "error": message, "step": self.step}
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self.close()
+
+    def _actions(self, obs: np.ndarray, act_obs: torch.Tensor | None) -> np.ndarray:
+        """Uniform random actions (K, A) during the warm-up, then the acting policy's samples."""
+        if self.step < self.cfg.warmup_steps:
+            return self.action_rng.uniform(-1.0, 1.0, (self.num_tasks, self.env.action_dim)).astype(np.float32)
+        return self.policy.act(obs, act_obs)
+
+    def _update(self) -> int:
+        """``updates_per_step`` updates once past ``updates_from`` (and with data); refreshes the acting policy.
+        Returns the number of updates made."""
+        if self.step < self.updates_from or len(self.replay) == 0:
+            return 0
+        for _ in range(self.cfg.updates_per_step):
+            metrics = self.agent.update(self.replay.sample(self.cfg.batch_size))
+            self._record_update(metrics)
+        self.policy.refresh()
+        return self.cfg.updates_per_step
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         """First signal: stop after the current step and checkpoint; a second one aborts at once."""
@@ -174,8 +218,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ logging helpers
     def _record_episodes(self, result: Any) -> None:
-        """Per-task and mean return/success of the episodes that ended in this step."""
-        for k in np.flatnonzero(result.done):
+        """Per-task and mean return/success of the episodes that ended in this step (and the weighting's view)."""
+        self.weighting_info["progress"] = self.step / self.cfg.steps
+        for k in np.flatnonzero(result.done if result.lost is None else result.done & ~result.lost):
+            self.task_success[k] += SUCCESS_EMA * (float(result.episode_success[k]) - self.task_success[k])
             self.logger.record_task("train/return", k, result.episode_return[k])
             self.logger.record_task("train/success", k, float(result.episode_success[k]))
             self.logger.record("train/return/mean", float(result.episode_return[k]))
@@ -199,6 +245,14 @@ class Trainer:
             for key, vector in vectors.items():
                 prefix = f"progress/{part}" if key == "progress" else f"combiner/{part}/{key}"
                 self.logger.record_tasks(prefix, vector, mean=key != "weight")
+            if step.weighting is not None:
+                prefix = "weighting" if sum(s.weighting is not None for s in self.combined.values()) == 1 \
+                    else f"weighting/{part}"
+                scalars, vectors = step.weighting.stats()
+                for key, value in scalars.items():
+                    self.logger.record(f"{prefix}/{key}", value)
+                for key, vector in vectors.items():
+                    self.logger.record_tasks(f"{prefix}/{key}", vector, mean=key != "lambda")
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict[str, float]:
@@ -239,6 +293,7 @@ class Trainer:
             "rng": checkpoint.rng_state(),
             "action_rng": self.action_rng.bit_generator.state,
             "evals": self.evals,
+            "task_success": self.task_success.copy(),
         }
         if self.cfg.save_replay:
             replay = {"format_version": checkpoint.FORMAT_VERSION, "replay": self.replay.state_dict(include_data=True)}
@@ -257,6 +312,7 @@ class Trainer:
             self.evals = list(state["evals"])
             checkpoint.set_rng_state(state["rng"])
             self.action_rng.bit_generator.state = state["action_rng"]
+            self.task_success[:] = state.get("task_success", 0.0)
         except (KeyError, RuntimeError, ValueError) as exc:
             raise checkpoint.CheckpointError(
                 f"checkpoint file {self.ckpt_path} does not match this run's config ({exc})") from None

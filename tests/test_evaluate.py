@@ -10,7 +10,7 @@ import pytest
 from metaworld.policies import ENV_POLICY_MAP
 
 from envs import MultiTaskVectorEnv, make_env
-from rl_mtl.evaluate import evaluate_detailed, evaluate_policy
+from rl_mtl.evaluate import evaluate_detailed, evaluate_policy, evaluate_seeds
 
 EPISODES = 3
 STEPS = 500
@@ -123,3 +123,28 @@ def test_expert_full_protocol(train_env: MultiTaskVectorEnv) -> None:
     rates = evaluate_policy(Expert(train_env.task_names), train_env, episodes=10, seed=1)
     for name in train_env.task_names:
         assert rates[name] >= EXPERT_FLOOR.get(name, 0.9), (name, rates)
+
+
+def test_evaluate_seeds_averages_fresh_seeds(short_env: MultiTaskVectorEnv) -> None:
+    """``--seeds``: each seed's result is the single-seed evaluation; the average weighs them equally."""
+    mean, per_seed = evaluate_seeds(linear_policy, short_env, episodes=2, seeds=[3, 4])
+    assert per_seed == [evaluate_policy(linear_policy, short_env, episodes=2, seed=s) for s in (3, 4)]
+    assert mean == {k: (per_seed[0][k] + per_seed[1][k]) / 2 for k in mean}
+    with pytest.raises(ValueError, match="seeds"):
+        evaluate_seeds(linear_policy, short_env, episodes=1, seeds=[])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--run", "r", "--protocol", "official", "--episodes", "10"], "--episodes: the official protocol uses 50"),
+    (["--run", "r", "--seeds", "0"], "--seeds: must be an integer >= 1"),
+    (["--sweep", "nowhere"], "--sweep: nowhere is not a directory"),
+    (["--sweep", ".", "--out", "x.json"], "--out: not with --sweep"),
+])
+def test_cli_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from rl_mtl.evaluate import main
+
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
