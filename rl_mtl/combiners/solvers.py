@@ -283,14 +283,14 @@ def _face_target(
 
 def _guess(
     bordered: np.ndarray, rhs: np.ndarray, b: np.ndarray, active: np.ndarray, lin: float, root: float, quad: float
-) -> tuple[np.ndarray | None, tuple[np.ndarray, np.ndarray] | None]:
+) -> tuple[np.ndarray | None, tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, bool]] | None]:
     """A feasible start on a guessed support: a few rounds of 'face minimiser, drop its negative coordinates'.
 
     Each round drops at least one coordinate, so it ends within K solves; it is not monotone in (*) (hence no
     guarantee), but usually lands on the optimal face in 1–4 solves, which spares Wolfe's one-coordinate-per-cycle
     drops; the monotone algorithm takes over from the point it returns.
     ``active`` (K+1,) is updated in place to the returned point's support; also returns the face solve of that
-    support when it is still current (so that Wolfe need not repeat it).
+    support and its :func:`_face_target` when still current (so that Wolfe need not repeat them).
     """
     k = b.shape[0]
     w = np.zeros(k)
@@ -300,17 +300,18 @@ def _guess(
         if face is None:
             return None, None
         sup, x = face
-        target, _, ray = _face_target(x, b[sup], lin, root, quad)
+        solved = _face_target(x, b[sup], lin, root, quad)
+        target, _, ray = solved
         if ray:
             # (*) decreases without bound along z on this face: guess that the coordinates z drives down vanish
             if not (target < 0.0).any():
                 w[sup] = 1.0 / sup.size
-                return w, face
+                return w, (sup, x, solved)
             target = np.where(target > 0.0, 1.0, 0.0)
         pos = target > 0.0
         if pos.all():
             w[sup] = 1.0 / sup.size
-            return w, face
+            return w, (sup, x, solved)
         if not pos.any():
             return None, None
         active[sup[~pos]] = False
@@ -328,7 +329,7 @@ def _wolfe(
     norms: np.ndarray,
     active: np.ndarray,
     w: np.ndarray,
-    face: tuple[np.ndarray, np.ndarray] | None,
+    face: tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, bool]] | None,
     lin: float,
     root: float,
     quad: float,
@@ -342,11 +343,11 @@ def _wolfe(
     while iterations < 20 * k + 50:
         iterations += 1
         if face is None:
-            face = _face(bordered, rhs, active)
-            if face is None:
+            solve = _face(bordered, rhs, active)
+            if solve is None:
                 break
-        sup, x = face
-        target, z, ray = _face_target(x, b[sup], lin, root, quad)
+            face = (*solve, _face_target(solve[1], b[solve[0]], lin, root, quad))
+        sup, _, (target, z, ray) = face
         w_s = w[sup]
         if ray:
             neg = target < 0.0
