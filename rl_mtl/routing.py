@@ -89,7 +89,7 @@ class CombinedStep:
             task_gram = gram(G)
             if scale is not None:  # the Gram of diag(s) G
                 s64 = scale.to(task_gram)
-                task_gram = task_gram * s64[:, None] * s64[None, :]
+                task_gram = task_gram * torch.outer(s64, s64)
             t0 = time.perf_counter()
             weights = self.combiner(task_gram, losses)
             self._add("solver_ms", 1e3 * (time.perf_counter() - t0))

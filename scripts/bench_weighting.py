@@ -3,25 +3,60 @@
 For each method (plain ``mtsac`` and a gradient combiner, ``imgrad`` by default) the same agent, replay and batch
 sequence run ``--updates`` updates unweighted and with each weighting; the updates span several hold windows, so
 the cost of IGBv2's meta-SAC (its acting and learning at each window boundary) and of its same-batch loss
-re-evaluations is included in the mean.  Variants run in interleaved blocks so that machine noise hits them alike.
-Prints ms per update and the ratio to the unweighted update; the last line is ``igbv2_overhead=<x>`` (the
-fractional extra cost of ``imgrad`` + ``igbv2``, target ≤ 0.10).
+re-evaluations is included in the mean; IGBv2 is first fast-forwarded past the windows in which its meta-replay
+is still too small to learn from, so that its meta updates are timed too.  Variants run in interleaved blocks so that machine noise hits them alike.
+Prints ms per update, the ratio to the unweighted update (median over blocks of each block's ratio to the
+unweighted block run just before it) and, measured directly, the time spent inside the weighting per update (its
+``weights`` and the routing's ``after_step``: window sums, IGBv2's meta-SAC, the same-batch re-evaluation) as a
+share of the unweighted update — on a noisy machine the block ratios scatter by ±5 % while the direct figure is
+stable.  The last line is ``igbv2_overhead=<x>``, that share for ``imgrad`` + ``igbv2`` (target ≤ 0.10).
 
-    python scripts/bench_weighting.py [--preset mt10_cpu|mt10] [--updates 600] [--hold 100] [--threads 2]
+    python scripts/bench_weighting.py [--preset mt10_cpu|mt10] [--updates 1000] [--hold 100] [--threads 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
 
 from agents.mtsac import MTSAC
 from agents.replay import MultiTaskReplay
-from benchutil import agent_and_replay
+from benchutil import K, agent_and_replay
 from rl_mtl.routing import build_steps
+from rl_mtl.weighting import Weighting
 from rl_mtl.trainer import resolve_device
+
+
+def prime(weighter: Weighting, device: torch.device, windows: int) -> None:
+    """Fast-forward a weighting through ``windows`` hold windows on made-up losses, so that the timing sees its
+    steady state (IGBv2's meta-SAC learns only once its replay holds a batch of meta-transitions)."""
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(windows * weighter.hold):
+        losses = (torch.rand(K, generator=gen) + 0.5).to(device)
+        weighter.weights(losses, {"success": [0.5] * K, "progress": 0.5})
+        weighter.observe(losses, losses * 0.99 if weighter.needs_after() else None)
+
+
+class Stopwatch:
+    """Wall time spent inside wrapped methods (the weighting's own work), accumulated across calls."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def wrap(self, obj: object, name: str) -> None:
+        inner = getattr(obj, name)
+
+        def timed(*args: object, **kwargs: object) -> object:
+            start = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+
+        setattr(obj, name, timed)
 
 
 def build(preset: str, device: torch.device, method: str, weighting: str, hold: int
@@ -29,7 +64,11 @@ def build(preset: str, device: torch.device, method: str, weighting: str, hold: 
     """A fresh seeded agent with ``method`` and ``weighting`` routed in, on the shared random replay."""
     agent, replay, batch_size = agent_and_replay(preset, device)
     opts = {} if weighting == "none" else {"hold": hold}
-    agent.reducers.update(build_steps(method, {}, "auto", 0, 0, weighting, opts, "critic"))
+    steps = build_steps(method, {}, "auto", 0, 0, weighting, opts, "critic")
+    for step in steps.values():
+        if step.weighting is not None and step.weighting.name == "igbv2":
+            prime(step.weighting, device, windows=step.weighting.meta_warmup_windows())
+    agent.reducers.update(steps)
     return agent, replay, batch_size
 
 
@@ -52,9 +91,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--methods", default="mtsac,imgrad")
     parser.add_argument("--weightings", default="rlw,igbv1,igbv2")
-    parser.add_argument("--updates", type=int, default=600, help="timed updates per variant (several windows)")
+    parser.add_argument("--updates", type=int, default=1000, help="timed updates per variant (several windows)")
     parser.add_argument("--hold", type=int, default=100, help="updates per weight choice")
-    parser.add_argument("--blocks", type=int, default=3, help="interleaved timing blocks per variant")
+    parser.add_argument("--blocks", type=int, default=10, help="interleaved timing blocks per variant")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args()
     if args.threads:
@@ -65,19 +104,37 @@ def main() -> None:
     print(f"device={device} threads={torch.get_num_threads()} preset={args.preset} updates={args.updates} "
           f"hold={args.hold}")
     variants = {(m, w): build(args.preset, device, m, w, args.hold) for m in methods for w in weightings}
+    # direct attribution: time inside weights() (incl. IGBv2's meta-SAC at window boundaries) and after_step()
+    # (the same-batch re-evaluation and observe()) — robust where the totals drown in the machine's noise
+    watches = {key: Stopwatch() for key in variants}
+    for key, (agent, _, _) in variants.items():
+        for step in agent.reducers.values():
+            if getattr(step, "weighting", None) is not None:
+                watches[key].wrap(step.weighting, "weights")
+                watches[key].wrap(step, "after_step")
     for agent, replay, batch_size in variants.values():  # warm-up: first windows, allocator, meta networks
         run_block(agent, replay, batch_size, 2 * args.hold + 5)
-    seconds = dict.fromkeys(variants, 0.0)
+    for watch in watches.values():
+        watch.seconds = 0.0
+    blocks: dict[tuple[str, str], list[float]] = {key: [] for key in variants}
     per_block = max(1, args.updates // args.blocks)
     for _ in range(args.blocks):
         for key, (agent, replay, batch_size) in variants.items():
-            seconds[key] += run_block(agent, replay, batch_size, per_block)
-    ms = {key: 1e3 * s / (per_block * args.blocks) for key, s in seconds.items()}
-    print(f"{'method':<10}{'weighting':<11}{'ms/update':>10}{'vs none':>9}")
+            blocks[key].append(run_block(agent, replay, batch_size, per_block))
+    ms = {key: 1e3 * sum(times) / (per_block * args.blocks) for key, times in blocks.items()}
+    # the ratio of each block to the unweighted block run right before it shares the machine's state: their median
+    # is far steadier on a noisy machine than the ratio of the totals
+    ratio = {key: statistics.median(t / n for t, n in zip(times, blocks[(key[0], "none")]))
+             for key, times in blocks.items()}
+    spent = {key: 1e3 * w.seconds / (per_block * args.blocks) for key, w in watches.items()}
+    print(f"{'method':<10}{'weighting':<11}{'ms/update':>10}{'block ratio':>12}{'in weighting ms':>16}"
+          f"{'share of unweighted':>21}")
     for (method, name), value in ms.items():
-        print(f"{method:<10}{name:<11}{value:>10.2f}{value / ms[(method, 'none')]:>9.3f}")
+        share = spent[(method, name)] / ms[(method, "none")]
+        print(f"{method:<10}{name:<11}{value:>10.2f}{ratio[(method, name)]:>12.3f}{spent[(method, name)]:>16.3f}"
+              f"{share:>21.3f}")
     key = ("imgrad", "igbv2") if ("imgrad", "igbv2") in ms else next(k for k in ms if k[1] == "igbv2")
-    print(f"igbv2_overhead={ms[key] / ms[(key[0], 'none')] - 1.0:.3f}")
+    print(f"igbv2_overhead={spent[key] / ms[(key[0], 'none')]:.3f}")
 
 
 if __name__ == "__main__":

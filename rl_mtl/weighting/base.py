@@ -9,11 +9,15 @@ The RL adaptation (``../shared/references.md``, "IGB for RL") is shared by every
 
 * λ is **held** for ``hold`` updates; a new λ is chosen at each hold boundary from the window that just ended,
   so between boundaries no host synchronisation happens (the running sums stay on the learner's device);
-* a **slow running baseline** ``b_k`` (bias-corrected EMA of the loss, rate ``baseline_rate`` per update) replaces
-  the paper's epoch-2 loss, and the state of a task is ``log(L̄_k / b_k)`` with ``L̄_k`` the window's mean loss;
+* a **slow running baseline** ``b_k`` replaces the paper's epoch-2 loss: a bias-corrected EMA of the loss with rate
+  ``baseline_rate`` per update, advanced once per window by the window's mean (weight ``1 − (1−r)^n`` for its n
+  updates), and the state of a task is ``log(L̄_k / b_k)`` with ``L̄_k`` the window's mean loss;
 * every task keeps a **floor** weight: ``λ = K·((1−ε)·p + ε/K)`` for a distribution ``p`` over tasks;
-* non-finite losses are left out of the window; a window without a finite loss keeps the previous λ and counts a
-  fallback (``stats()["fallbacks"]``) — the weights never become non-finite.
+* non-finite losses are left out of the window (per task); a window in which some task has no finite loss keeps
+  the previous λ and counts a fallback (``stats()["fallbacks"]``) — the weights never become non-finite.
+
+Per update this costs four small tensor ops on the learner's device (the window sums); everything else happens
+once per window.
 """
 
 from __future__ import annotations
@@ -84,10 +88,10 @@ class Weighting:
         self.boundaries = 0  # weight choices made
         self.fallbacks = 0
         self._lambda: Tensor | None = None
-        self._sum: Tensor | None = None  # window sum of finite losses (K,)
-        self._count: Tensor | None = None  # window count of updates with finite losses ()
-        self._ema: Tensor | None = None  # baseline EMA of the loss (K,), bias-corrected by _ema_norm
-        self._ema_norm: Tensor | None = None
+        self._sum: Tensor | None = None  # window sum of finite losses (K,), on the learner's device
+        self._count: Tensor | None = None  # window count of finite losses per task (K,)
+        self._ema: Tensor | None = None  # baseline EMA of the loss (K,) float64 on the CPU, bias-corrected by
+        self._ema_norm: Tensor | None = None  # ... this (K,)
         self._stats: dict[str, float] = {}
         self._vectors: dict[str, Tensor] = {}
         self._corr_running = float("nan")
@@ -109,13 +113,9 @@ class Weighting:
             self._init_state(losses)
         elif self.calls % self.hold == 0:
             self._boundary(info or {})
-        finite = torch.isfinite(losses).all()
-        clean = torch.where(finite, losses, torch.zeros_like(losses)).to(self._sum.dtype)
-        self._sum += clean
-        self._count += finite.to(self._count.dtype)
-        decay = 1.0 - self.baseline_rate
-        self._ema = torch.where(finite, decay * self._ema + self.baseline_rate * clean, self._ema)
-        self._ema_norm = torch.where(finite, decay * self._ema_norm + self.baseline_rate, self._ema_norm)
+        finite = torch.isfinite(losses)
+        self._sum += torch.where(finite, losses, 0.0)
+        self._count += finite
         self.calls += 1
         return self._lambda
 
@@ -144,14 +144,18 @@ class Weighting:
     # ------------------------------------------------------------------ hold boundaries
     def _boundary(self, info: dict[str, Any]) -> None:
         """End of a window: the window's state → the next λ (one host sync per ``hold`` updates)."""
-        count = float(self._count)
-        if count == 0.0:
-            self.fallbacks += 1  # no finite loss in the window: λ kept
+        count = self._count.double().cpu()
+        if not (count > 0.0).all():
+            self.fallbacks += 1  # a task without a finite loss in the window: λ kept
         else:
-            mean = (self._sum / count).double()
-            baseline = (self._ema / self._ema_norm.clamp_min(1e-12)).double()
-            ratio = torch.log((mean.clamp_min(0.0) + self.eps) / (baseline.clamp_min(0.0) + self.eps)).cpu()
-            p = self._choose(ratio, mean.cpu(), info)
+            mean = self._sum.double().cpu() / count
+            # the slow baseline advances by the window: n updates of an EMA with rate r, each seeing ≈ the mean
+            weight = 1.0 - (1.0 - self.baseline_rate) ** count
+            self._ema = (1.0 - weight) * self._ema + weight * mean
+            self._ema_norm = (1.0 - weight) * self._ema_norm + weight
+            baseline = self._ema / self._ema_norm
+            ratio = torch.log((mean.clamp_min(0.0) + self.eps) / (baseline.clamp_min(0.0) + self.eps))
+            p = self._choose(ratio, mean, info)
             new = floored_weights(p.double(), self.floor)
             if torch.isfinite(new).all():
                 self._lambda = new.to(self._lambda)
@@ -180,12 +184,11 @@ class Weighting:
 
     def _init_state(self, losses: Tensor) -> None:
         k = losses.numel()
-        dtype = torch.float64 if losses.device.type == "cpu" else torch.float32
         self._lambda = torch.ones(k, device=losses.device, dtype=losses.dtype)
-        self._sum = torch.zeros(k, device=losses.device, dtype=dtype)
-        self._count = torch.zeros((), device=losses.device, dtype=dtype)
-        self._ema = torch.zeros(k, device=losses.device, dtype=dtype)
-        self._ema_norm = torch.zeros((), device=losses.device, dtype=dtype)
+        self._sum = torch.zeros(k, device=losses.device, dtype=losses.dtype)
+        self._count = torch.zeros(k, device=losses.device, dtype=losses.dtype)
+        self._ema = torch.zeros(k, dtype=torch.float64)
+        self._ema_norm = torch.zeros(k, dtype=torch.float64)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -204,7 +207,8 @@ class Weighting:
             state["fallbacks"])
         self.rng.bit_generator.state = state["rng"]
         self._corr_running = float(state["corr_running"])
-        for key, attr in (("lambda", "_lambda"), ("sum", "_sum"), ("count", "_count"), ("ema", "_ema"),
-                          ("ema_norm", "_ema_norm")):
+        for key, attr in (("lambda", "_lambda"), ("sum", "_sum"), ("count", "_count")):
             value = state[key]
             setattr(self, attr, None if value is None else value.clone().to(device or value.device))
+        for key, attr in (("ema", "_ema"), ("ema_norm", "_ema_norm")):  # CPU float64, updated once per window
+            setattr(self, attr, None if state[key] is None else state[key].clone().cpu())

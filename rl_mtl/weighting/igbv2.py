@@ -80,6 +80,11 @@ class IGBv2(Weighting):
         self._decline_ms_norm = 0.0
         self._prev: tuple[np.ndarray, np.ndarray] | None = None  # the last window's (state, action)
 
+    def meta_warmup_windows(self) -> int:
+        """Windows before the meta-SAC first learns: its replay needs ``batch_size`` meta-transitions (one per window
+        after the first) and the random-weight warm-up must be over."""
+        return max(self._meta_kwargs["batch_size"] + 1, self._meta_kwargs["warmup"]) + 1
+
     # ------------------------------------------------------------------ the reward signal
     def needs_after(self) -> bool:
         """Measure the decline at ``reward_samples`` evenly spaced updates of each window."""
@@ -90,21 +95,21 @@ class IGBv2(Weighting):
         """Accumulate the same-batch decline of the (log) losses; skipped for non-finite values."""
         if after is None or self._decline_sum is None:
             return
-        before, after = before.detach().to(self._decline_sum.dtype), after.detach().to(self._decline_sum.dtype)
+        before, after = before.detach(), after.detach()
         if self.space == "log":
             decline = torch.log(before.clamp_min(0.0) + self.eps) - torch.log(after.clamp_min(0.0) + self.eps)
         else:
             decline = (before - after) / (before.abs() + self.eps)
-        finite = torch.isfinite(decline).all()
-        self._decline_sum += torch.where(finite, decline, torch.zeros_like(decline))
-        self._decline_count += finite.to(self._decline_count.dtype)
+        finite = torch.isfinite(decline)
+        self._decline_sum += torch.where(finite, decline, 0.0)
+        self._decline_count += finite
 
     def _reward(self) -> float | None:
         """Soft-min over tasks of the window's mean declines in units of their running RMS; None without data."""
-        count = float(self._decline_count)
-        if count == 0.0:
+        count = self._decline_count.double().cpu()
+        if not (count > 0.0).all():
             return None
-        decline = (self._decline_sum / count).double().cpu()
+        decline = self._decline_sum.double().cpu() / count
         self._decline_ms = 0.99 * self._decline_ms + 0.01 * float(decline.pow(2).mean())
         self._decline_ms_norm = 0.99 * self._decline_ms_norm + 0.01
         rms = math.sqrt(self._decline_ms / self._decline_ms_norm)
