@@ -179,7 +179,7 @@ class Trainer:
                     f"interrupted by signal {self._stop_signal} at step {self.step}; checkpoint saved to "
                     f"{self.ckpt_path}; continue with --resume --logdir {self.run_dir}")
                 return {"interrupted": True, "step": self.step}
-            final = self.evaluate()
+            final = self._final_evaluation()
             self.save()
             (self.run_dir / "summary.json").write_text(json.dumps(self._summary(final), indent=2))
             return final
@@ -269,6 +269,13 @@ class Trainer:
         self.logger.progress(self.step, eval_success=result["mean"])
         self.logger.message(f"step {self.step}: eval success {result['mean']:.3f}")
         return result
+
+    def _final_evaluation(self) -> dict[str, float]:
+        """The end-of-training evaluation; a run resumed at its last step reuses the one it already has there
+        (same seed, same policy: the numbers would be identical) instead of recording it twice."""
+        if self.evals and self.evals[-1]["step"] == self.step:
+            return {k: v for k, v in self.evals[-1].items() if k != "step"}
+        return self.evaluate()
 
     def _deterministic_policy(self, obs: np.ndarray) -> np.ndarray:
         return self.agent.act(obs, self.task_ids[: len(obs)], deterministic=True)

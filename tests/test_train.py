@@ -86,6 +86,11 @@ def test_resume_continues_steps_and_curve(tmp_path: Path) -> None:
     # 20-step episodes: one ends at 20; the resumed run starts fresh episodes at 30, the next ends at 50
     assert [s for s, _ in tags["train/success/mean"]] == [20, 50]
     assert json.loads((run / "summary.json").read_text())["final_step"] == 60
+    # resuming a finished run at its last step keeps its one final evaluation instead of recording it twice
+    assert main(["--logdir", str(run), "--resume", "--steps", "60", "--no-progress"]) == 0
+    history = json.loads((run / "summary.json").read_text())["history"]
+    assert [e["step"] for e in history] == [30, 60]
+    assert len((run / "evals.jsonl").read_text().splitlines()) == 2
     # a second fresh run into the same directory is refused instead of overwriting it
     with pytest.raises(SystemExit) as info:
         main([*base, "--steps", "30"])
