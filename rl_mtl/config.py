@@ -28,6 +28,19 @@ WEIGHTING_METHODS: tuple[str, ...] = tuple(name for name in weighting.names() if
 COMBINE_PARTS = ("critic", "actor")
 
 
+def split_parts(text: str) -> tuple[str, ...]:
+    """``"critic, actor"`` → ``("critic", "actor")``: the losses named by ``combine`` or ``weighted``."""
+    return tuple(part.strip() for part in text.split(","))
+
+
+def _check_parts(text: str, flag: str, allowed: str) -> tuple[str, ...]:
+    """The parts named in ``text``, each a known loss and none twice; :class:`ConfigError` naming ``flag`` else."""
+    parts = split_parts(text)
+    if not parts or any(p not in COMBINE_PARTS for p in parts) or len(set(parts)) != len(parts):
+        raise ConfigError(flag, f"'{text}' must be {allowed}{', '.join(COMBINE_PARTS)}")
+    return parts
+
+
 class ConfigError(ValueError):
     """A bad option: ``flag`` names the command-line flag (``--steps``, ``--set batch_size``) at fault."""
 
@@ -223,9 +236,7 @@ def _validate(cfg: TrainConfig) -> None:
 def _validate_combiner(cfg: TrainConfig) -> None:
     """``combine`` names known losses; ``combiner.*`` hyperparameters exist for the method and are in range."""
     if cfg.combine != "auto":
-        parts = [p.strip() for p in cfg.combine.split(",")]
-        if not parts or any(p not in COMBINE_PARTS for p in parts) or len(set(parts)) != len(parts):
-            raise ConfigError("--set combine", f"'{cfg.combine}' must be auto or a list of {', '.join(COMBINE_PARTS)}")
+        _check_parts(cfg.combine, "--set combine", "auto or a list of ")
     if cfg.method == "mtsac":
         if cfg.combiner:
             raise ConfigError(f"--set combiner.{next(iter(cfg.combiner))}", "method mtsac has no combiner options")
@@ -252,9 +263,7 @@ def _validate_weighting(cfg: TrainConfig) -> None:
     """The weighting exists, its options exist and are in range, and it weights losses it can take the log of."""
     if cfg.weighting not in weighting.names():
         raise ConfigError("--weighting", f"unknown weighting '{cfg.weighting}'; known: {', '.join(weighting.names())}")
-    parts = [p.strip() for p in cfg.weighted.split(",")]
-    if not parts or any(p not in COMBINE_PARTS for p in parts) or len(set(parts)) != len(parts):
-        raise ConfigError("--set weighted", f"'{cfg.weighted}' must be a list of {', '.join(COMBINE_PARTS)}")
+    parts = _check_parts(cfg.weighted, "--set weighted", "a list of ")
     if cfg.weighting == "none":
         if cfg.weighting_opts:
             raise ConfigError(f"--set weighting.{next(iter(cfg.weighting_opts))}",

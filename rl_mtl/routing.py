@@ -23,6 +23,7 @@ from torch.func import vmap
 from agents.mtsac import TaskLoss
 from rl_mtl.combiners import Combiner, make
 from rl_mtl.combiners.diagnostics import pareto_stats
+from rl_mtl.config import split_parts
 from rl_mtl.pertask import detached_params, gram, per_task_gradients, write_direction
 from rl_mtl.weighting import Weighting, gradient_scale
 from rl_mtl.weighting import make as make_weighting
@@ -191,7 +192,7 @@ def combined_parts(method: str, combine: str) -> tuple[str, ...]:
     """Which losses go through the combiner: ``combine`` as given, or the method's default for ``auto``."""
     if combine == "auto":
         return DEFAULT_COMBINE.get(method, PARTS)
-    return tuple(part.strip() for part in combine.split(",") if part.strip())
+    return split_parts(combine)
 
 
 def build_steps(method: str, hparams: dict[str, Any], combine: str, diag_every: int, seed: int,
@@ -201,7 +202,7 @@ def build_steps(method: str, hparams: dict[str, Any], combine: str, diag_every: 
     diagnosing one for every other loss; ``mtsac`` is plain everywhere.  The losses named in ``weighted`` get
     their own instance of the loss weighting ``weighting`` (none: unweighted)."""
     parts = () if method == "mtsac" else combined_parts(method, combine)
-    weighted_parts = () if weighting == "none" else tuple(p.strip() for p in weighted.split(",") if p.strip())
+    weighted_parts = () if weighting == "none" else split_parts(weighted)
     steps = {}
     for offset, part in enumerate(PARTS):
         weighter = (make_weighting(weighting, seed=seed + 100 + offset, **(weighting_hparams or {}))

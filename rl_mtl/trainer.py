@@ -99,6 +99,8 @@ class Trainer:
         self.weighting_info: dict[str, Any] = {"success": self.task_success, "progress": 0.0}
         for step in self.combined.values():
             step.info = self.weighting_info
+        # one weighted loss logs under weighting/…, several under weighting/<loss>/…
+        self._single_weighting = sum(s.weighting is not None for s in self.combined.values()) == 1
         self.replay = MultiTaskReplay(self.num_tasks, self.env.obs_dim, self.env.action_dim,
                                       cfg.buffer_size // self.num_tasks, self.device, seed=cfg.seed)
         self.action_rng = np.random.default_rng(cfg.seed)
@@ -131,6 +133,7 @@ class Trainer:
             act_obs: torch.Tensor | None = None  # obs on the learner's device, brought by the last step's transfer
             while self.step < cfg.steps and self._stop_signal is None:
                 t0 = time.perf_counter()
+                self.weighting_info["progress"] = self.step / cfg.steps  # what the loss weighting sees (t/T)
                 actions = self._actions(obs, act_obs)
                 self.env.step_async(actions)
                 t1 = time.perf_counter()
@@ -218,8 +221,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ logging helpers
     def _record_episodes(self, result: Any) -> None:
-        """Per-task and mean return/success of the episodes that ended in this step (and the weighting's view)."""
-        self.weighting_info["progress"] = self.step / self.cfg.steps
+        """Per-task and mean return/success of the episodes that ended in this step (and the weighting's view of the
+        recent success per task)."""
         for k in np.flatnonzero(result.done if result.lost is None else result.done & ~result.lost):
             self.task_success[k] += SUCCESS_EMA * (float(result.episode_success[k]) - self.task_success[k])
             self.logger.record_task("train/return", k, result.episode_return[k])
@@ -246,8 +249,7 @@ class Trainer:
                 prefix = f"progress/{part}" if key == "progress" else f"combiner/{part}/{key}"
                 self.logger.record_tasks(prefix, vector, mean=key != "weight")
             if step.weighting is not None:
-                prefix = "weighting" if sum(s.weighting is not None for s in self.combined.values()) == 1 \
-                    else f"weighting/{part}"
+                prefix = "weighting" if self._single_weighting else f"weighting/{part}"
                 scalars, vectors = step.weighting.stats()
                 for key, value in scalars.items():
                     self.logger.record(f"{prefix}/{key}", value)

@@ -209,6 +209,9 @@ class FixedWeighting(Weighting):
         self.calls += 1
         return self.fixed.to(losses)
 
+    def _choose(self, ratio: Tensor, mean: Tensor, info: dict[str, Any]) -> Tensor:
+        return self.fixed / self.fixed.sum()
+
 
 def toy_task_loss(transform: Any = None) -> TaskLoss:
     """Three least-squares tasks on one shared parameter vector (per-task losses with very different scales);

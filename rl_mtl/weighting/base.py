@@ -22,6 +22,7 @@ once per window.
 
 from __future__ import annotations
 
+import abc
 import math
 from typing import Any, ClassVar
 
@@ -57,7 +58,7 @@ def pearson(x: np.ndarray, y: np.ndarray) -> float:
     return float((x * y).sum() / denom) if denom > 1e-12 else float("nan")
 
 
-class Weighting:
+class Weighting(abc.ABC):
     """Base class: window sums, slow baseline, hold schedule, floor, fallbacks, stats and checkpoints.
 
     Subclasses implement :meth:`_choose` (the distribution ``p`` for the next window, from the window's state).
@@ -167,9 +168,9 @@ class Weighting:
         self._sum.zero_()
         self._count.zero_()
 
+    @abc.abstractmethod
     def _choose(self, ratio: Tensor, mean: Tensor, info: dict[str, Any]) -> Tensor:
         """The distribution ``p`` (K,) over tasks for the next window; ``ratio = log(L̄/b)``, float64 on the CPU."""
-        raise NotImplementedError
 
     def _record_correlation(self, info: dict[str, Any]) -> None:
         """Correlation across tasks of λ with the failure rate ``1 − success`` (does λ favour the hard tasks?)."""
