@@ -93,6 +93,34 @@ def test_warm_start_support_gives_same_optimum() -> None:
     assert warm.weights == pytest.approx(cold.weights, abs=1e-10)
 
 
+@pytest.mark.parametrize("problem", PROBLEMS)
+def test_warm_start_from_any_remembered_support_is_exact(problem: str) -> None:
+    """A WarmStart carried along a drifting sequence of Grams, across a change of K and from stale, empty or
+    out-of-range supports, always returns the cold solve's optimum (a warm start buys speed, never a different
+    answer)."""
+    rng = np.random.default_rng(11)
+    warm = solvers.WarmStart()
+    g = rng.standard_normal((10, 40)) * np.exp(rng.uniform(-4.0, 0.0, 10))[:, None]
+    stale = [None, np.array([], dtype=np.int64), np.array([3, 99]), np.array([-1, 2]), np.arange(10)]
+    for step in range(30):
+        g = g + 0.1 * rng.standard_normal(g.shape) * np.exp(rng.uniform(-4.0, 0.0, 10))[:, None]
+        rows = g if step < 20 else g[:7]  # K changes from 10 to 7: the remembered support may not fit
+        gram = rows @ rows.T
+        gram /= np.trace(gram) / gram.shape[0]
+        lin, root, quad = solvers.coefficients(problem, gram, 0.9, 0.6)
+        if step % 6 == 5:
+            warm.load_state_dict(None if stale[step // 6] is None else stale[step // 6].tolist())
+        got = warm.solve(gram, lin, root, quad)
+        cold = solvers.simplex_solve(gram, lin, root, quad)
+        scale = natural_scale(gram, lin, root, quad)
+        f_got = solvers.objective(gram, got.weights, lin, root, quad)
+        f_cold = solvers.objective(gram, cold.weights, lin, root, quad)
+        assert got.weights.min() >= 0.0 and got.weights.sum() == pytest.approx(1.0, abs=1e-12)
+        assert f_got <= f_cold + 1e-12 * max(scale, 1.0)
+        assert got.gap <= 1e-10
+        assert np.array_equal(warm.support, np.flatnonzero(got.weights > 0.0))
+
+
 def test_pareto_stationary_kink() -> None:
     # g_1 = −g_2 and a third gradient: 0 is in the convex hull, ‖g_w‖ = 0 is reachable
     g = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]])

@@ -15,8 +15,6 @@ the Gram is scaled, so the weights are scale-free and ``d`` scales with the grad
 from __future__ import annotations
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from rl_mtl.combiners.base import Combiner
 
@@ -31,11 +29,11 @@ class AlignedMTL(Combiner):
     def __init__(self, seed: int = 0) -> None:
         super().__init__(seed)
 
-    def _solve(self, gram: Tensor | None, losses: Tensor, scale: float) -> Tensor:
-        eigval, eigvec = np.linalg.eigh(gram.numpy())
+    def _solve(self, gram: np.ndarray | None, losses: np.ndarray, scale: float) -> np.ndarray:
+        eigval, eigvec = np.linalg.eigh(gram)
         k = eigval.shape[0]
         keep = eigval > eigval.max() * k * _EPS32
         lam, vec = eigval[keep], eigvec[:, keep]
         balance = np.sqrt(lam.min()) * (vec / np.sqrt(lam)) @ vec.T
         self._extra.update(rank=float(keep.sum()), condition=float(lam.max() / lam.min()))
-        return torch.from_numpy(balance @ np.full(k, 1.0 / k))
+        return balance @ np.full(k, 1.0 / k)

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from numba import njit
 from torch import Tensor
 
 
@@ -44,7 +45,7 @@ class Combiner(abc.ABC):
         self.calls = 0
         self.fallbacks = 0
         self._stats: dict[str, float] = {}
-        self._last_call: tuple[Tensor | None, Tensor, bool] | None = None
+        self._last_call: tuple[np.ndarray | None, float, np.ndarray, bool] | None = None
         #: method-specific figures of the last call (solver iterations, μ, ...), merged into ``stats()``
         self._extra: dict[str, float] = {}
         self._new_warm_starts()
@@ -61,46 +62,42 @@ class Combiner(abc.ABC):
         k = int(losses.numel())
         # numpy throughout: a handful of torch calls on a 10×10 matrix cost more than the solve itself
         losses_np = _as_float64(losses).reshape(k)
-        gram64: Tensor | None = None
+        normalised: np.ndarray | None = None
         scale = 1.0
         reason = ""
         if gram is not None:
             raw = _as_float64(gram)
             if raw.shape != (k, k):
                 raise ValueError(f"gram must be ({k}, {k}) to match {k} losses, got {tuple(raw.shape)}")
-            sym = 0.5 * (raw + raw.T)
-            gram64 = torch.from_numpy(sym)
-            scale = float(sym.trace()) / k
-            if not math.isfinite(float(sym.sum())) or not math.isfinite(scale):  # a sum is finite iff every entry is
-                reason = "non-finite gram"
-            elif scale <= 0.0:
-                reason = "zero gram"
-        if not reason and self.needs_gram and gram64 is None:
+            normalised, scale, status = _normalise(raw)
+            reason = ("", "non-finite gram", "zero gram")[status]
+            if reason:
+                normalised = None
+        if not reason and self.needs_gram and gram is None:
             raise ValueError(f"combiner '{self.name}' needs the task Gram matrix, got gram=None")
         if not reason and not self.needs_gram and not math.isfinite(float(losses_np.sum())):
             reason = "non-finite losses"
 
-        weights: Tensor | None = None
+        weights: np.ndarray | None = None
         if not reason:
-            normalised = torch.from_numpy(sym / scale) if gram64 is not None else None
-            weights = self._solve(normalised, torch.from_numpy(losses_np), scale)
-            if not math.isfinite(float(weights.numpy().sum())):
+            weights = self._solve(normalised, losses_np, scale)
+            if not math.isfinite(float(weights.sum())):
                 reason = "non-finite weights"
         if reason:
             self.fallbacks += 1
-            weights = torch.full((k,), 1.0 / k, dtype=torch.float64)
+            weights = np.full(k, 1.0 / k)
             self._on_fallback(reason)
 
         # diagnostics are computed lazily in stats(): the hot path pays only for the solve
-        self._last_call = (gram64 if "gram" not in reason else None, weights, bool(reason))
+        self._last_call = (normalised, scale, weights, bool(reason))
         self._stats = {}
         dtype = losses.dtype if losses.is_floating_point() else torch.float32
         if losses.device.type == "cpu":
             if dtype == torch.float64:
-                return weights
+                return torch.from_numpy(weights)
             if dtype == torch.float32:
-                return torch.from_numpy(weights.numpy().astype(np.float32))
-        return weights.to(device=losses.device, dtype=dtype)
+                return torch.from_numpy(weights.astype(np.float32))
+        return torch.from_numpy(weights).to(device=losses.device, dtype=dtype)
 
     def after_step(self, losses_after: Tensor) -> None:
         """Hook called with the task losses re-measured after the optimiser step (FAMO); no-op by default."""
@@ -113,8 +110,10 @@ class Combiner(abc.ABC):
         from rl_mtl.combiners.diagnostics import pareto_stats  # local: diagnostics imports the solvers
 
         if not self._stats and self._last_call is not None:
-            gram64, weights, fell_back = self._last_call
-            self._stats = pareto_stats(gram64, weights) if gram64 is not None else {}
+            gram, scale, weights, fell_back = self._last_call
+            self._stats = (
+                pareto_stats(torch.from_numpy(gram * scale), torch.from_numpy(weights)) if gram is not None else {}
+            )
             self._stats.update(self._extra)
             self._stats["fallback"] = float(fell_back)
             self._stats["fallbacks_total"] = float(self.fallbacks)
@@ -151,11 +150,12 @@ class Combiner(abc.ABC):
 
     # ------------------------------------------------------------------ for subclasses
     @abc.abstractmethod
-    def _solve(self, gram: Tensor | None, losses: Tensor, scale: float) -> Tensor:
-        """Weights (K,) float64 from a finite, symmetric, trace-normalised Gram (tr = K) and float64 losses.
+    def _solve(self, gram: np.ndarray | None, losses: np.ndarray, scale: float) -> np.ndarray:
+        """Weights (K,) float64 from a finite, symmetric, trace-normalised float64 Gram (tr = K) and float64 losses.
 
         ``scale`` is the factor the raw Gram was divided by (``raw = scale * gram``), for the few methods whose
-        weights are not scale-free (Nash-MTL: ``w_raw = w / sqrt(scale)``).
+        weights are not scale-free (Nash-MTL: ``w_raw = w / sqrt(scale)``).  numpy, not torch: at K ≤ 50 every torch
+        call costs more than the arithmetic it does.
         """
 
     def _on_fallback(self, reason: str) -> None:
@@ -165,8 +165,33 @@ class Combiner(abc.ABC):
 
 def _as_float64(tensor: Tensor) -> np.ndarray:
     """A float64 numpy copy (or view, when already float64 on the CPU) of a detached tensor."""
-    array = tensor.detach().cpu().numpy()
+    array = tensor.numpy(force=True)
     return array if array.dtype == np.float64 else array.astype(np.float64)
+
+
+@njit(cache=True)
+def _normalise(raw: np.ndarray) -> tuple[np.ndarray, float, int]:
+    """``((raw + rawᵀ)/2 / scale, scale = tr(raw)/K, status)`` of a square raw Gram; status 0 = usable,
+    1 = some entry (or the trace) not finite, 2 = zero trace (every task gradient zero).  One compiled pass: the
+    same checks in numpy cost more than an IMGrad solve."""
+    k = raw.shape[0]
+    trace = 0.0
+    for i in range(k):
+        trace += raw[i, i]
+        for j in range(k):
+            if not math.isfinite(raw[i, j]):
+                return np.empty((0, 0)), 1.0, 1
+    scale = trace / k
+    if not math.isfinite(scale):
+        return np.empty((0, 0)), 1.0, 1
+    if not scale > 0.0:
+        return np.empty((0, 0)), 1.0, 2
+    out = np.empty((k, k))
+    half = 0.5 / scale
+    for i in range(k):
+        for j in range(k):
+            out[i, j] = (raw[i, j] + raw[j, i]) * half
+    return out, scale, 0
 
 
 _FALLBACK_CODES = {"non-finite gram": 1, "zero gram": 2, "non-finite losses": 3, "non-finite weights": 4}

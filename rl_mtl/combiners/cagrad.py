@@ -14,10 +14,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
-from torch import Tensor
 
-from rl_mtl.combiners import solvers
+from rl_mtl.combiners import active_set, solvers
 from rl_mtl.combiners.base import Combiner
 
 RESCALES = ("none", "1/(1+c^2)", "1/(1+c)")
@@ -34,11 +32,7 @@ def conflict_averse_weights(gram: np.ndarray, w: np.ndarray, s: float, factor: f
     ``‖g_w‖`` below the rounding floor of a Gram-based norm (``1e-7 Σ w_k‖g_k‖``) means g_w = 0: the g_w term is
     dropped, leaving ``g_0·factor``.
     """
-    k = gram.shape[0]
-    gw_norm = math.sqrt(max(float(w @ gram @ w), 0.0))
-    floor = 1e-7 * float(w @ np.sqrt(np.maximum(gram.diagonal(), 0.0)))
-    coef = s / gw_norm if s > 0.0 and gw_norm > floor else 0.0
-    return (1.0 / k + coef * w) * factor
+    return active_set.conflict_averse(gram, w, s, factor)
 
 
 def check_c_rescale(c: float, rescale: str) -> None:
@@ -64,22 +58,22 @@ class CAGrad(Combiner):
         self.rescale = rescale
         self.solver = solver
 
-    def _solve(self, gram: Tensor | None, losses: Tensor, scale: float) -> Tensor:
+    def _solve(self, gram: np.ndarray | None, losses: np.ndarray, scale: float) -> np.ndarray:
         """weights: (K,); gram: (K, K) PSD with trace K (``scale`` restores the raw Gram for ``sgd``)."""
-        m = gram.numpy()
+        m = gram
         k = m.shape[0]
         factor = rescale_factor(self.rescale, self.c)
         if self.c == 0.0:
             # exactly the mean (c = 0 shrinks the constraint ball of Eqn 2 to the point g_0)
-            return torch.full((k,), factor / k, dtype=torch.float64)
+            return np.full(k, factor / k)
         if self.solver == "sgd":
             w, multiplier = solvers.cagrad_sgd(m * scale, self.c)
             self._extra.update(solver_iterations=20.0)
-            return torch.from_numpy((1.0 / k + multiplier * w) * factor)
+            return (1.0 / k + multiplier * w) * factor
         lin, root, quad = solvers.coefficients("cagrad", m, self.c)
         if self.solver == "exact":
             sol = self._warm.solve(m, lin, root, quad)
         else:
             sol = solvers.solve_cvxpy(m, lin, root, quad)
         self._extra.update(solver_iterations=float(sol.iterations), solver_gap=sol.gap)
-        return torch.from_numpy(conflict_averse_weights(m, sol.weights, root, factor))
+        return conflict_averse_weights(m, sol.weights, root, factor)

@@ -58,8 +58,8 @@ class FAMO(Combiner):
         self._before: np.ndarray | None = None  # clamped losses of the last call, for after_step
         self.skipped_updates = 0
 
-    def _solve(self, gram: Tensor | None, losses: Tensor, scale: float) -> Tensor:
-        ell = np.maximum(losses.numpy(), 0.0)
+    def _solve(self, gram: np.ndarray | None, losses: np.ndarray, scale: float) -> np.ndarray:
+        ell = np.maximum(losses, 0.0)
         k = ell.shape[0]
         if self.logits is None or self.logits.shape[0] != k:
             self.logits, self._m, self._v, self._t = np.zeros(k), np.zeros(k), np.zeros(k), 0
@@ -67,7 +67,7 @@ class FAMO(Combiner):
         inv = z / (ell + self.eps)
         self._before = ell
         self._extra.update({f"z_{i}": float(z[i]) for i in range(k)})
-        return torch.from_numpy(inv / inv.sum())
+        return inv / inv.sum()
 
     def after_step(self, losses_after: Tensor) -> None:
         """One Adam step on ξ from the log-loss decrease since the last call; losses_after: (K,)."""

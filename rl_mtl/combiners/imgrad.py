@@ -20,33 +20,24 @@ code was released; the authors used c = 0.8 on NYUv2).  ``mu`` fixes μ for abla
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
-import torch
-from torch import Tensor
 
-from rl_mtl.combiners import solvers
+from rl_mtl.combiners import active_set, solvers
 from rl_mtl.combiners.base import Combiner
 from rl_mtl.combiners.cagrad import check_c_rescale, conflict_averse_weights, rescale_factor
 
 FORMS = ("release", "eqn11", "eqn9")
 
 
-def imbalance_mu(gram: np.ndarray, warm: solvers.WarmStart | None = None,
-                 prepared: solvers.Prepared | None = None) -> float:
+def imbalance_mu(gram: np.ndarray, warm: solvers.WarmStart | None = None) -> float:
     """μ = cos θ between g_0 and the MGDA direction, clamped to [0, 1]; gram: (K, K) PSD; ``warm`` carries the
-    MGDA support from call to call; ``prepared``: the Gram's :func:`solvers.prepare`, shared with the main solve."""
-    system = prepared if prepared is not None else gram
-    wm = (warm.min_norm(system) if warm is not None else solvers.min_norm(system)).weights
-    gm_norm = math.sqrt(max(float(wm @ gram @ wm), 0.0))
-    g0 = solvers.g0_norm(gram)
-    floor = 1e-7 * float(wm @ np.sqrt(np.maximum(gram.diagonal(), 0.0)))
-    if gm_norm <= floor or g0 <= 0.0:
+    MGDA support from call to call."""
+    wm = (warm.min_norm(gram) if warm is not None else solvers.min_norm(gram)).weights
+    gm_norm, floor, g0_gm, g0 = active_set.norm_stats(gram, wm)
+    if gm_norm <= 1e-7 * floor or g0 <= 0.0:
         # Pareto-stationary (g_m = 0): the released code's cosine_similarity (eps 1e-8) returns ~0 here too
         return 0.0
-    cos = float(gram.sum(axis=0) @ wm) / gram.shape[0] / (g0 * gm_norm)
-    return min(max(cos, 0.0), 1.0)
+    return min(max(g0_gm / (g0 * gm_norm), 0.0), 1.0)
 
 
 class IMGrad(Combiner):
@@ -78,21 +69,20 @@ class IMGrad(Combiner):
         self.mu = mu
         self.solver = solver
 
-    def _solve(self, gram: Tensor | None, losses: Tensor, scale: float) -> Tensor:
+    def _solve(self, gram: np.ndarray | None, losses: np.ndarray, scale: float) -> np.ndarray:
         """weights: (K,); gram: (K, K) PSD with trace K."""
-        m = gram.numpy()
+        m = gram
         k = m.shape[0]
         factor = rescale_factor(self.rescale, self.c)
-        prepared = solvers.prepare(m)
-        mu = imbalance_mu(m, self._warm_mgda, prepared) if self.mu is None else float(self.mu)
+        mu = imbalance_mu(m, self._warm_mgda) if self.mu is None else float(self.mu)
         self._extra.update(mu=mu)
         if self.c == 0.0:
-            return torch.full((k,), factor / k, dtype=torch.float64)
+            return np.full(k, factor / k)
+        s = self.c * solvers.g0_norm(m)
         lin, root, quad = solvers.coefficients(self.form, m, self.c, mu)
         if self.solver == "exact":
-            sol = self._warm.solve(prepared, lin, root, quad)
+            sol = self._warm.solve(m, lin, root, quad)
         else:
             sol = solvers.solve_cvxpy(m, lin, root, quad)
         self._extra.update(solver_iterations=float(sol.iterations), solver_gap=sol.gap)
-        s = self.c * solvers.g0_norm(m)
-        return torch.from_numpy(conflict_averse_weights(m, sol.weights, s, factor))
+        return conflict_averse_weights(m, sol.weights, s, factor)

@@ -4,13 +4,14 @@ Eqn 13 re-weights the two parts of Nash-MTL's programme (Eqn 12, Navon et al. 20
 
     min_ω  (1 − μ) Σ_i g_iᵀGω + μ φ(ω)   s.t.  φ_i(ω) = log ω_i + log (Mω)_i ≥ 0,  ω > 0,   φ = Σ_i φ_i,
 
-with ``μ = cos θ`` between ``g_0`` and the MGDA direction ``g_m`` (clamped to [0, 1]; 0 when ``g_m = 0``) and
-``Σ_i g_iᵀGω = 1ᵀMω``.  The authors released no code for it (zzpustc/IMGrad holds only the IMGrad trainers), so it
-is solved in the reference's concave-convex framework: φ is concave, so each step minimises the convex programme
-with φ linearised at the current point, ``min (1−μ)1ᵀMω + μ ∇φ(ω_t)ᵀω`` under the same constraints, until the
-iterates stop moving (relative change ``tol``) or Eqn 13 stops decreasing by more than the conic solver's accuracy
-(at most ``max_iter`` programmes) — a stationary point of Eqn 13 up to that accuracy, not the reference's 20-step
-truncation.  Each run is warm-started from the previous call's stationary point.  At ``μ = ½`` the programme is Nash-MTL's (up to a factor 2).
+with ``μ = cos θ`` between ``g_0`` and the MGDA direction ``g_m`` (clamped to [0, 1]; 0 when ``g_m = 0``; IMGrad's
+:func:`imbalance_mu`, warm-started from call to call) and ``Σ_i g_iᵀGω = 1ᵀMω``. The authors released no code for it
+(zzpustc/IMGrad holds only the IMGrad trainers), so it is solved in the reference's concave-convex framework: φ is
+concave, so each step minimises the convex programme with φ linearised at the current point, ``min (1−μ)1ᵀMω + μ
+∇φ(ω_t)ᵀω`` under the same constraints, until the iterates stop moving (relative change ``tol``) or Eqn 13 stops
+decreasing by more than the conic solver's accuracy (at most ``max_iter`` programmes) — a stationary point of Eqn 13
+up to that accuracy, not the reference's 20-step truncation. Each run is warm-started from the previous call's
+stationary point. At ``μ = ½`` the programme is Nash-MTL's (up to a factor 2).
 
 Exact shortcut.  At the bargaining point α* (all constraints active, found by Newton, see ``nashmtl``), ∇φ = 2/α*
 and the KKT multipliers of the linearised programme are ``λ = μ + (1−μ) [(diag(1/α*²) + M)⁻¹ M1] / α*``.  If
@@ -29,18 +30,17 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from rl_mtl.combiners.base import Combiner
+from rl_mtl.combiners.imgrad import imbalance_mu
 from rl_mtl.combiners.nashmtl import _as_array, _as_list, _installed_conic_solver, solve_bargaining
-from rl_mtl.combiners.solvers import min_norm
 
 
 class IMGradNash(Combiner):
     """Eqn 13 weights; see the module docstring for the formulation and the shortcut."""
 
     name = "imgrad_nash"
+    warm_starts = {"_warm_mgda": "mgda_support"}
 
     def __init__(self, max_norm: float = 1.0, max_iter: int = 50, tol: float = 1e-6, seed: int = 0) -> None:
         if not max_norm >= 0.0:
@@ -61,10 +61,10 @@ class IMGradNash(Combiner):
         self._ccp_prev: np.ndarray | None = None  # last stationary point found by the iteration (its warm start)
         self.failures = 0
 
-    def _solve(self, gram: Tensor | None, losses: Tensor, scale: float) -> Tensor:
-        g = gram.numpy()
+    def _solve(self, gram: np.ndarray | None, losses: np.ndarray, scale: float) -> np.ndarray:
+        g = gram
         k = g.shape[0]
-        mu = _cos_theta(g)
+        mu = imbalance_mu(g, self._warm_mgda)
         nash, _, ok = solve_bargaining(g, self._warm)
         self._warm = nash if ok else None
         start = nash if ok else np.ones(k)
@@ -93,7 +93,7 @@ class IMGradNash(Combiner):
             clipped=float(clipped),
             failures_total=float(self.failures),
         )
-        return torch.from_numpy(raw * (self.max_norm / norm_d) if clipped else raw)
+        return raw * (self.max_norm / norm_d) if clipped else raw
 
     def _ccp(self, g: np.ndarray, mu: float, start: np.ndarray) -> tuple[np.ndarray | None, int]:
         """Concave-convex iteration on Eqn 13 from ``start``; (None, iterations) when a programme fails."""
@@ -153,14 +153,3 @@ def _eqn13(gram: np.ndarray, mu: float, omega: np.ndarray) -> float:
     if np.any(mo <= 0) or np.any(omega <= 0):
         return float("inf")
     return (1.0 - mu) * float(mo.sum()) + mu * float(np.sum(np.log(omega)) + np.sum(np.log(mo)))
-
-
-def _cos_theta(gram: np.ndarray) -> float:
-    """cos θ between g_0 and the MGDA direction g_m, clamped to [0, 1] (0 when g_m = 0): gram (K, K) PSD."""
-    w = min_norm(gram).weights
-    k = gram.shape[0]
-    gm_sq = float(w @ gram @ w)
-    g0_sq = float(gram.sum()) / k**2
-    if gm_sq <= 1e-24 * k or g0_sq <= 1e-24 * k:
-        return 0.0
-    return float(np.clip(float(w @ gram.sum(axis=1)) / k / np.sqrt(gm_sq * g0_sq), 0.0, 1.0))

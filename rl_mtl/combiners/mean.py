@@ -6,8 +6,7 @@ per-task backward passes); when a Gram is given anyway, ``stats()`` reports its 
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+import numpy as np
 
 from rl_mtl.combiners.base import Combiner
 
@@ -21,7 +20,6 @@ class Mean(Combiner):
     def __init__(self, seed: int = 0) -> None:
         super().__init__(seed)
 
-    def _solve(self, gram: Tensor | None, losses: Tensor, scale: float) -> Tensor:
+    def _solve(self, gram: np.ndarray | None, losses: np.ndarray, scale: float) -> np.ndarray:
         """weights: (K,) = 1/K; gram: (K, K) or None; losses: (K,)."""
-        k = losses.numel()
-        return torch.full((k,), 1.0 / k, dtype=torch.float64)
+        return np.full(losses.shape[0], 1.0 / losses.shape[0])

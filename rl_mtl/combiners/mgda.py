@@ -8,8 +8,7 @@ started from the last optimal support (same optimum, fewer face solves).
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+import numpy as np
 
 from rl_mtl.combiners import solvers
 from rl_mtl.combiners.base import Combiner
@@ -29,12 +28,11 @@ class MGDA(Combiner):
         super().__init__(seed)
         self.solver = solver
 
-    def _solve(self, gram: Tensor | None, losses: Tensor, scale: float) -> Tensor:
+    def _solve(self, gram: np.ndarray | None, losses: np.ndarray, scale: float) -> np.ndarray:
         """weights: (K,) on the simplex; gram: (K, K) PSD with trace K."""
-        m = gram.numpy()
         if self.solver == "exact":
-            sol = self._warm.min_norm(m)
+            sol = self._warm.min_norm(gram)
         else:
-            sol = solvers.solve_cvxpy(m, 0.0, 0.0, 1.0)
+            sol = solvers.solve_cvxpy(gram, 0.0, 0.0, 1.0)
         self._extra.update(solver_iterations=float(sol.iterations), solver_gap=sol.gap)
-        return torch.from_numpy(sol.weights)
+        return sol.weights

@@ -26,8 +26,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from rl_mtl.combiners.base import Combiner
 
@@ -114,8 +112,8 @@ class NashMTL(Combiner):
         self._step = 0
         self.failures = 0
 
-    def _solve(self, gram: Tensor | None, losses: Tensor, scale: float) -> Tensor:
-        g = gram.numpy()
+    def _solve(self, gram: np.ndarray | None, losses: np.ndarray, scale: float) -> np.ndarray:
+        g = gram
         k = g.shape[0]
         due = self._step % self.update_weights_every == 0 or self._last_raw is None or len(self._last_raw) != k
         self._step += 1
@@ -138,7 +136,7 @@ class NashMTL(Combiner):
             clipped=float(clipped),
             failures_total=float(self.failures),
         )
-        return torch.from_numpy(np.array(weights, dtype=np.float64))
+        return np.array(weights, dtype=np.float64)
 
     def _newton(self, g: np.ndarray, scale: float) -> np.ndarray | None:
         a, iters, ok = solve_bargaining(g, self._warm)

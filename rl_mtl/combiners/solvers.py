@@ -21,7 +21,9 @@ monotone Newton iteration).  Major cycles add the vertex with the most negative 
 the current affine hull, so the KKT systems stay non-singular); minor cycles move towards the face minimiser and
 drop the coordinates that hit zero, decreasing (*) monotonically.  It stops on the Frank–Wolfe duality gap
 ``wᵀ∇f − min_k ∇f_k`` (an upper bound on ``f(w) − f*``), at ``g_w = 0`` using the subgradient that certifies the
-face optimum.  Plain numpy on float64 arrays: at K ≤ 50 torch's per-call overhead would dominate.
+face optimum.  The active-set loops are compiled (:mod:`active_set`, numba): at K ≤ 50 a solve is microseconds
+of arithmetic, which numpy (1.5–3 µs per call, ~60 calls per IMGrad update) or torch would multiply 10–50×.  This
+module keeps the interface, warm starts, the rare kink-safe path (:func:`_tau_search`, numpy) and the references.
 
 ``solve_cvxpy`` is the independent reference: one parametrised (DPP) cvxpy problem per (K, kind), compiled once.
 """
@@ -34,6 +36,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 from scipy.linalg import lapack
+
+from rl_mtl.combiners import active_set
 
 
 class Solution(NamedTuple):
@@ -67,7 +71,7 @@ def coefficients(problem: str, gram: np.ndarray, c: float = 0.0, mu: float = 0.0
 
 def g0_norm(gram: np.ndarray) -> float:
     """‖g_0‖ = sqrt(1ᵀM1)/K for gram: (K, K) PSD."""
-    return math.sqrt(max(float(gram.sum()), 0.0)) / gram.shape[0]
+    return active_set.g0_norm(_float64(gram))
 
 
 def objective(gram: np.ndarray, weights: np.ndarray, lin: float, root: float, quad: float) -> float:
@@ -85,42 +89,11 @@ def min_norm_2(gram: np.ndarray) -> Solution:
     return Solution(np.array([w1, 1.0 - w1]), 0, 0.0)
 
 
-def min_norm(gram: np.ndarray | Prepared, support: np.ndarray | None = None) -> Solution:
-    """MGDA: ``argmin_{w∈W} wᵀMw`` for gram: (K, K) PSD or its :func:`prepare` (closed form for K = 2;
-    ``support``: warm start)."""
-    raw = gram.gram if isinstance(gram, Prepared) else gram
-    if raw.shape[0] == 2:
-        return min_norm_2(raw)
+def min_norm(gram: np.ndarray, support: np.ndarray | None = None) -> Solution:
+    """MGDA: ``argmin_{w∈W} wᵀMw`` for gram: (K, K) PSD (closed form for K = 2; ``support``: warm start)."""
+    if gram.shape[0] == 2:
+        return min_norm_2(gram)
     return warm_solve(gram, 0.0, 0.0, 1.0, support)
-
-
-def _face_tau(lin: float, root: float, quad: float, r0sq: float, m: float) -> float:
-    """τ ≥ 0 (possibly ∞) solving ``τ·(root/‖g_w‖ + 2 quad) = lin`` with ``‖g_w‖² = r0² + τ² m`` on a face."""
-    if lin <= 0.0 or m <= 0.0:
-        # no linear term, or it is constant on the face: the smallest ‖g_w‖ (τ = 0) is best
-        return 0.0
-    if root == 0.0:
-        return lin / (2.0 * quad) if quad > 0.0 else math.inf
-    r0 = math.sqrt(max(r0sq, 0.0))
-    sm = math.sqrt(m)
-    if quad == 0.0:
-        den = root * root - lin * lin * m
-        return lin * r0 / math.sqrt(den) if den > 0.0 else math.inf
-    if r0 == 0.0:
-        return max(lin - root / sm, 0.0) / (2.0 * quad)
-    # ψ(τ) = lin − 2 quad τ − root τ/sqrt(r0² + τ² m) is convex and decreasing with ψ(0) > 0, so Newton from
-    # τ = 0 increases monotonically to the unique root without overshooting
-    tau = 0.0
-    for _ in range(60):
-        den = r0sq + tau * tau * m
-        sq = math.sqrt(den)
-        psi = lin - 2.0 * quad * tau - root * tau / sq
-        dpsi = -2.0 * quad - root * r0sq / (den * sq)
-        step = -psi / dpsi
-        tau += step
-        if step <= 1e-16 * tau:
-            break
-    return tau
 
 
 def _kkt_solve(sub: np.ndarray, rhs: np.ndarray) -> np.ndarray | None:
@@ -131,42 +104,8 @@ def _kkt_solve(sub: np.ndarray, rhs: np.ndarray) -> np.ndarray | None:
     return x
 
 
-class Prepared(NamedTuple):
-    """What every solve on one Gram shares (IMGrad solves twice per Gram: its MGDA step, then its own problem)."""
-
-    gram: np.ndarray
-    b: np.ndarray
-    """(K,) ``M1/K``"""
-    norms: np.ndarray
-    """(K,) ``‖g_k‖``"""
-    bordered: np.ndarray
-    """(K+1, K+1) equilibrated bordered KKT matrix"""
-    rhs: np.ndarray
-    """(K+1, 3) its two right-hand sides and the scaling"""
-
-
-def prepare(gram: np.ndarray) -> Prepared:
-    """The bordered KKT system of ``gram`` (K, K), equilibrated by ``D = 1/‖g_k‖`` (``w = D y``): a 1e8 norm ratio
-    then costs no precision."""
-    k = gram.shape[0]
-    b = gram.sum(axis=1) / k
-    norms = np.sqrt(np.maximum(gram.diagonal(), 0.0))
-    scaling = np.ones(k + 1)
-    np.divide(1.0, norms, out=scaling[:k], where=norms > 0.0)
-    bordered = np.multiply.outer(scaling, scaling)
-    bordered[:k, :k] *= gram
-    bordered[k, k] = 0.0
-    rhs = np.empty((k + 1, 3))
-    np.multiply(b, scaling[:k], out=rhs[:k, 1])
-    rhs[:k, 1] *= -1.0
-    rhs[:k, 0] = 0.0
-    rhs[k, :2] = (1.0, 0.0)
-    rhs[:, 2] = scaling
-    return Prepared(gram, b, norms, bordered, rhs)
-
-
 def simplex_solve(
-    gram: np.ndarray | Prepared,
+    gram: np.ndarray,
     lin: float,
     root: float,
     quad: float,
@@ -175,54 +114,50 @@ def simplex_solve(
 ) -> Solution:
     """Exact minimiser of (*) over the simplex.
 
-    gram: (K, K) symmetric PSD float64, ideally trace-normalised (tolerances are absolute on that scale), or its
-    :func:`prepare`; support: optional guess of the optimal support (warm start); by default all K tasks are
-    tried first.
+    gram: (K, K) symmetric PSD float64, ideally trace-normalised (tolerances are absolute on that scale);
+    support: optional guess of the optimal support (one run from there, no fallback: see :func:`warm_solve`);
+    by default all K tasks are tried first.
     """
-    prepared = gram if isinstance(gram, Prepared) else prepare(gram)
-    gram, b, norms, bordered, rhs = prepared
-    k = gram.shape[0]
-    active = np.zeros(k + 1, dtype=bool)
-    active[k] = True
-    active[:k] = True if support is None else False
-    if support is not None:
-        active[np.asarray(support, dtype=np.intp)] = True
-    w, face = _guess(bordered, rhs, b, active, lin, root, quad)
-    if w is None:
-        # the guessed support is (nearly) affinely dependent: start from the best vertex instead
-        j = int(np.argmin(lin * b + root * norms + quad * gram.diagonal()))
-        active[:k] = False
-        active[j] = True
-        w = np.zeros(k)
-        w[j] = 1.0
-        face = None
-    result = _wolfe(gram, bordered, rhs, b, norms, active, w, face, lin, root, quad, tol)
-    if support is None and not result.gap <= 1e-10:
-        # retry from a vertex: the cheap guess may have started on an ill-conditioned face
-        vertex = np.zeros(k, dtype=np.intp)
-        vertex[0] = int(np.argmin(lin * b + root * norms + quad * gram.diagonal()))
-        retry = simplex_solve(prepared, lin, root, quad, support=vertex[:1], tol=tol)
-        if objective(gram, retry.weights, lin, root, quad) < objective(gram, result.weights, lin, root, quad):
-            result = Solution(retry.weights, result.iterations + retry.iterations, retry.gap)
-    if root > 0.0 and lin > 0.0 and not result.gap <= 1e-10:
-        # ‖g_w‖ → 0 on some face (0 ∈ conv{g_k}): the kink can stall the active set, so follow the smooth path
-        polished = _tau_search(gram, lin, root, quad)
-        if objective(gram, polished.weights, lin, root, quad) <= objective(gram, result.weights, lin, root, quad):
-            return Solution(polished.weights, result.iterations + polished.iterations, polished.gap)
-    return result
+    if support is None:
+        return _solve(gram, lin, root, quad, _NO_SUPPORT, active_set.COLD, tol)[0]
+    start = np.asarray(support, dtype=np.int64).reshape(-1)
+    return _solve(gram, lin, root, quad, start, active_set.FROM_SUPPORT, tol)[0]
 
 
-def warm_solve(
-    gram: np.ndarray | Prepared, lin: float, root: float, quad: float, support: np.ndarray | None
-) -> Solution:
+def warm_solve(gram: np.ndarray, lin: float, root: float, quad: float, support: np.ndarray | None) -> Solution:
     """:func:`simplex_solve` started on ``support`` (the previous optimum's: successive training Grams are close,
     so the optimal face rarely changes); the cold solve takes over unless the warm one certifies gap ≤ 1e-10."""
-    prepared = gram if isinstance(gram, Prepared) else prepare(gram)
-    if support is not None and support.size and int(support.max()) < prepared.gram.shape[0]:
-        sol = simplex_solve(prepared, lin, root, quad, support=support)
-        if sol.gap <= 1e-10:
-            return sol
-    return simplex_solve(prepared, lin, root, quad)
+    return _warm(gram, lin, root, quad, support)[0]
+
+
+_NO_SUPPORT = np.zeros(0, dtype=np.int64)
+
+
+def _warm(gram: np.ndarray, lin: float, root: float, quad: float,
+          support: np.ndarray | None) -> tuple[Solution, np.ndarray]:
+    """:func:`warm_solve` and the support of its solution."""
+    start = _NO_SUPPORT if support is None else support if support.dtype == np.int64 else support.astype(np.int64)
+    return _solve(gram, lin, root, quad, start, active_set.WARM, 1e-13)
+
+
+def _solve(gram: np.ndarray, lin: float, root: float, quad: float, support: np.ndarray, mode: int,
+           tol: float) -> tuple[Solution, np.ndarray]:
+    """The compiled active-set solve (:func:`active_set.solve`), then, if it could not certify a gap ≤ 1e-10
+    with a ``‖g_w‖`` term, the kink-safe smooth path; also returns the solution's support."""
+    gram = _float64(gram)
+    w, iterations, gap, face = active_set.solve(gram, float(lin), float(root), float(quad), support, mode, tol)
+    if root > 0.0 and lin > 0.0 and not gap <= 1e-10:
+        # ‖g_w‖ → 0 on some face (0 ∈ conv{g_k}): the kink can stall the active set, so follow the smooth path
+        polished = _tau_search(gram, lin, root, quad)
+        if objective(gram, polished.weights, lin, root, quad) <= objective(gram, w, lin, root, quad):
+            sol = Solution(polished.weights, iterations + polished.iterations, polished.gap)
+            return sol, support_of(sol.weights)
+    return Solution(w, iterations, gap), face
+
+
+def _float64(gram: np.ndarray) -> np.ndarray:
+    """gram as float64 (the compiled kernels take any memory layout, but one dtype)."""
+    return gram if gram.dtype == np.float64 else gram.astype(np.float64)
 
 
 def support_of(weights: np.ndarray) -> np.ndarray:
@@ -236,160 +171,24 @@ class WarmStart:
     def __init__(self) -> None:
         self.support: np.ndarray | None = None
 
-    def solve(self, gram: np.ndarray | Prepared, lin: float, root: float, quad: float) -> Solution:
+    def solve(self, gram: np.ndarray, lin: float, root: float, quad: float) -> Solution:
         """:func:`warm_solve` from the remembered support; remembers the new one."""
-        sol = warm_solve(gram, lin, root, quad, self.support)
-        self.support = support_of(sol.weights)
+        sol, self.support = _warm(gram, lin, root, quad, self.support)
         return sol
 
-    def min_norm(self, gram: np.ndarray | Prepared) -> Solution:
+    def min_norm(self, gram: np.ndarray) -> Solution:
         """:func:`min_norm` from the remembered support; remembers the new one."""
-        sol = min_norm(gram, self.support)
-        self.support = support_of(sol.weights)
-        return sol
+        if gram.shape[0] == 2:
+            sol = min_norm_2(gram)
+            self.support = support_of(sol.weights)
+            return sol
+        return self.solve(gram, 0.0, 0.0, 1.0)
 
     def state_dict(self) -> list[int] | None:
         return None if self.support is None else self.support.tolist()
 
     def load_state_dict(self, state: list[int] | None) -> None:
-        self.support = None if state is None else np.asarray(state, dtype=np.intp)
-
-
-def _face(bordered: np.ndarray, rhs: np.ndarray, active: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """(support indices, bordered-KKT solution (s+1, 2)) on the face ``active``; ``None`` if singular."""
-    idx = np.flatnonzero(active)
-    rows = rhs.take(idx, 0)
-    lu, _, x, info = lapack.dgesv(bordered.take(idx, 0).take(idx, 1), rows[:, :2])
-    if info != 0:
-        return None
-    pivots = np.abs(lu.diagonal())
-    if not pivots.min() > 1e-13 * pivots.max() or not math.isfinite(float(x.sum())):
-        return None
-    x *= rows[:, 2:]
-    return idx[:-1], x
-
-
-def _face_target(
-    x: np.ndarray, b_sup: np.ndarray, lin: float, root: float, quad: float
-) -> tuple[np.ndarray, np.ndarray, bool]:
-    """(face minimiser w0 + τ z or, for τ = ∞, the ray direction z; z; is_ray) from a bordered-KKT solution."""
-    s = x.shape[0] - 1
-    z = x[:s, 1]
-    tau = _face_tau(lin, root, quad, -float(x[s, 0]), -float(z @ b_sup))
-    if math.isinf(tau):
-        return z, z, True
-    return x[:s, 0] + tau * z, z, False
-
-
-def _guess(
-    bordered: np.ndarray, rhs: np.ndarray, b: np.ndarray, active: np.ndarray, lin: float, root: float, quad: float
-) -> tuple[np.ndarray | None, tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, bool]] | None]:
-    """A feasible start on a guessed support: a few rounds of 'face minimiser, drop its negative coordinates'.
-
-    Each round drops at least one coordinate, so it ends within K solves; it is not monotone in (*) (hence no
-    guarantee), but usually lands on the optimal face in 1–4 solves, which spares Wolfe's one-coordinate-per-cycle
-    drops; the monotone algorithm takes over from the point it returns.
-    ``active`` (K+1,) is updated in place to the returned point's support; also returns the face solve of that
-    support and its :func:`_face_target` when still current (so that Wolfe need not repeat them).
-    """
-    k = b.shape[0]
-    w = np.zeros(k)
-    target = None
-    for _ in range(k):
-        face = _face(bordered, rhs, active)
-        if face is None:
-            return None, None
-        sup, x = face
-        solved = _face_target(x, b[sup], lin, root, quad)
-        target, _, ray = solved
-        if ray:
-            # (*) decreases without bound along z on this face: guess that the coordinates z drives down vanish
-            if not (target < 0.0).any():
-                w[sup] = 1.0 / sup.size
-                return w, (sup, x, solved)
-            target = np.where(target > 0.0, 1.0, 0.0)
-        pos = target > 0.0
-        if pos.all():
-            w[sup] = 1.0 / sup.size
-            return w, (sup, x, solved)
-        if not pos.any():
-            return None, None
-        active[sup[~pos]] = False
-        target = np.where(pos, target, 0.0)[pos]
-    sup = np.flatnonzero(active[:k])
-    w[sup] = target / target.sum()
-    return w, None
-
-
-def _wolfe(
-    gram: np.ndarray,
-    bordered: np.ndarray,
-    rhs: np.ndarray,
-    b: np.ndarray,
-    norms: np.ndarray,
-    active: np.ndarray,
-    w: np.ndarray,
-    face: tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, bool]] | None,
-    lin: float,
-    root: float,
-    quad: float,
-    tol: float,
-) -> Solution:
-    """Wolfe-type active-set iterations from a feasible ``w`` (K,) whose support is ``active[:K]``."""
-    k = gram.shape[0]
-    iterations = 0
-    gap = math.inf
-    just_added = -1
-    while iterations < 20 * k + 50:
-        iterations += 1
-        if face is None:
-            solve = _face(bordered, rhs, active)
-            if solve is None:
-                break
-            face = (*solve, _face_target(solve[1], b[solve[0]], lin, root, quad))
-        sup, _, (target, z, ray) = face
-        w_s = w[sup]
-        if ray:
-            neg = target < 0.0
-            target = w_s + float(np.min(w_s[neg] / -target[neg])) * target if neg.any() else w_s
-        if (target <= 0.0).any():
-            # minor cycle: walk towards the face minimiser until a coordinate hits zero, then drop it
-            step = w_s - target
-            ratios = np.where(target <= 0.0, w_s / np.where(step > 0.0, step, 1.0), np.inf)
-            j = int(np.argmin(ratios))
-            alpha = min(float(ratios[j]), 1.0)
-            if sup[j] == just_added and alpha <= 1e-15:
-                # the vertex just added cannot enter: the previous face optimum is optimal to machine precision
-                active[sup[j]] = False
-                break
-            w_s = w_s + alpha * (target - w_s)
-            w_s[j] = 0.0
-            w_s = np.maximum(w_s, 0.0)
-            w[sup] = w_s / w_s.sum()
-            active[sup[w_s <= 0.0]] = False
-            face = None
-            just_added = -1
-            continue
-        w[sup] = target
-        # major cycle: optimality on the whole simplex with a (sub)gradient of (*)
-        mw = gram @ w
-        r = math.sqrt(max(float(w @ mw), 0.0))
-        if root > 0.0 and r <= 1e-7 * float(w @ norms):
-            # g_w = 0 up to rounding: the subgradient root·u, u = (lin/root)·g_z, certifies the face optimum
-            z_full = np.zeros(k)
-            z_full[sup] = z
-            grad = lin * (b + gram @ z_full)
-        else:
-            grad = lin * b + ((root / r if root > 0.0 else 0.0) + 2.0 * quad) * mw
-        nu = float(w @ grad)
-        j = int(grad.argmin())
-        gap = max(nu - float(grad[j]), 0.0)
-        if gap <= tol * max(1.0, abs(nu), abs(float(grad[j]))) or active[j]:
-            break
-        active[j] = True
-        just_added = j
-        face = None
-    return Solution(w, iterations, float(gap))
+        self.support = None if state is None else np.asarray(state, dtype=np.int64)
 
 
 def _tau_search(gram: np.ndarray, lin: float, root: float, quad: float) -> Solution:
@@ -449,7 +248,7 @@ def _polish(gram: np.ndarray, lin: float, root: float, quad: float, w: np.ndarra
     if sol is None:
         return None
     s = sup.size
-    tau = _face_tau(lin, root, quad, -float(sol[s, 0]), -float(sol[:s, 1] @ b[sup]))
+    tau = active_set.face_tau(lin, root, quad, -float(sol[s, 0]), -float(sol[:s, 1] @ b[sup]))
     if math.isinf(tau):
         return None
     cand = np.zeros(k)
