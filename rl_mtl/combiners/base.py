@@ -164,9 +164,11 @@ class Combiner(abc.ABC):
 
 
 def _as_float64(tensor: Tensor) -> np.ndarray:
-    """A float64 numpy copy (or view, when already float64 on the CPU) of a detached tensor."""
+    """A C-ordered float64 numpy copy (or view, when already so on the CPU) of a detached tensor."""
     array = tensor.numpy(force=True)
-    return array if array.dtype == np.float64 else array.astype(np.float64)
+    if array.dtype == np.float64 and array.flags.c_contiguous:
+        return array
+    return np.ascontiguousarray(array, dtype=np.float64)
 
 
 @njit(cache=True)

@@ -156,8 +156,10 @@ def _solve(gram: np.ndarray, lin: float, root: float, quad: float, support: np.n
 
 
 def _float64(gram: np.ndarray) -> np.ndarray:
-    """gram as float64 (the compiled kernels take any memory layout, but one dtype)."""
-    return gram if gram.dtype == np.float64 else gram.astype(np.float64)
+    """gram as a C-ordered float64 array: the kernels are compiled (and cached) for that one type."""
+    if gram.dtype == np.float64 and gram.flags.c_contiguous:
+        return gram
+    return np.ascontiguousarray(gram, dtype=np.float64)
 
 
 def support_of(weights: np.ndarray) -> np.ndarray:
