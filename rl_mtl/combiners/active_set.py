@@ -300,14 +300,9 @@ def _wolfe(
         for r in range(s):
             w[idx[r]] = target[r]
         # major cycle: optimality on the whole simplex with a (sub)gradient of (*)
-        sq = 0.0
+        sq = _gram_times(gram, w, mw)
         wn = 0.0
         for i in range(k):
-            acc = 0.0
-            for q in range(k):
-                acc += gram[i, q] * w[q]
-            mw[i] = acc
-            sq += w[i] * acc
             wn += w[i] * norms[i]
         rw = math.sqrt(max(sq, 0.0))
         if root > 0.0 and rw <= 1e-7 * wn:
@@ -336,18 +331,28 @@ def _wolfe(
 
 
 @njit(cache=True)
-def objective(gram: np.ndarray, w: np.ndarray, lin: float, root: float, quad: float) -> float:
-    """Value of (*) at ``w`` (K,)."""
+def _gram_times(gram: np.ndarray, w: np.ndarray, out: np.ndarray) -> float:
+    """Write ``M w`` into ``out`` (K,) and return ``wᵀMw`` (= ‖g_w‖² for w on the simplex)."""
     k = gram.shape[0]
-    total = 0.0
     sq = 0.0
     for i in range(k):
         acc = 0.0
         for j in range(k):
             acc += gram[i, j] * w[j]
-        total += acc
+        out[i] = acc
         sq += w[i] * acc
-    sq = max(sq, 0.0)
+    return sq
+
+
+@njit(cache=True)
+def objective(gram: np.ndarray, w: np.ndarray, lin: float, root: float, quad: float) -> float:
+    """Value of (*) at ``w`` (K,)."""
+    k = gram.shape[0]
+    mw = np.empty(k)
+    sq = max(_gram_times(gram, w, mw), 0.0)
+    total = 0.0
+    for i in range(k):
+        total += mw[i]
     return lin * total / k + root * math.sqrt(sq) + quad * sq
 
 
