@@ -23,11 +23,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from benchutil import agent_and_replay, median
+from benchutil import agent_and_replay, median, parse_device_args
 from envs.metaworld import MultiTaskEnv, build_vector_env, env_factories
 from envs.rollout import AsyncCollector
 from rl_mtl.acting import ActingPolicy
-from rl_mtl.trainer import resolve_device
 from rl_mtl.transfer import StepTransfer
 
 
@@ -94,15 +93,10 @@ def bench_preset(preset: str, device: torch.device, sync: MultiTaskEnv, workers:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--iters", type=int, default=30, help="timed rounds per preset (at most)")
     parser.add_argument("--budget", type=float, default=30.0, help="seconds per preset after which rounds stop")
     parser.add_argument("--workers", type=int, default=0, help="rollout workers (0: one per free core)")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    args, device = parse_device_args(parser)
     factories = env_factories("mt10", 0)
     with build_vector_env(factories) as sync, AsyncCollector(factories, args.workers) as workers:
         print(f"device={device} torch_threads={torch.get_num_threads()} workers={workers.num_workers} "

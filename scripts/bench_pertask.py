@@ -18,12 +18,11 @@ from collections.abc import Callable
 import torch
 
 from agents.mtsac import TaskLoss
-from benchutil import K, agent_and_replay, median, update_times
+from benchutil import K, agent_and_replay, median, parse_device_args, update_times
 from rl_mtl.combiners import make
 from rl_mtl.config import build_config
 from rl_mtl.pertask import detached_params, gram, per_task_gradients, write_direction
 from rl_mtl.routing import CombinedStep
-from rl_mtl.trainer import resolve_device
 
 
 def vmap_mean(task_loss: TaskLoss) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,13 +61,8 @@ def time_variant(preset: str, device: torch.device, reducer: Callable[[], Callab
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="mt10")
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    args, device = parse_device_args(parser)
     cfg = build_config(args.preset)
     print(f"device={device} threads={torch.get_num_threads()} preset={args.preset} hidden={cfg.hidden_sizes} "
           f"batch={cfg.batch_size} K={K}")

@@ -13,9 +13,8 @@ import statistics
 
 import torch
 
-from benchutil import agent_and_replay, update_times
+from benchutil import agent_and_replay, parse_device_args, update_times
 from rl_mtl.config import build_config
-from rl_mtl.trainer import resolve_device
 
 
 def time_update(preset: str, device: torch.device, repeats: int) -> list[float]:
@@ -26,13 +25,8 @@ def time_update(preset: str, device: torch.device, repeats: int) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    args, device = parse_device_args(parser)
     print(f"device={device} torch_threads={torch.get_num_threads()}")
     print(f"{'preset':<10} {'hidden':<16} {'batch':>6} {'median_ms':>10} {'p10_ms':>8} {'p90_ms':>8}")
     medians = {}

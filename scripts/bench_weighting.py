@@ -24,10 +24,9 @@ import torch
 
 from agents.mtsac import MTSAC
 from agents.replay import MultiTaskReplay
-from benchutil import K, agent_and_replay
+from benchutil import K, agent_and_replay, parse_device_args
 from rl_mtl.routing import build_steps
 from rl_mtl.weighting import Weighting
-from rl_mtl.trainer import resolve_device
 
 
 def prime(weighter: Weighting, device: torch.device, windows: int) -> None:
@@ -88,17 +87,12 @@ def run_block(agent: MTSAC, replay: MultiTaskReplay, batch_size: int, updates: i
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="mt10_cpu")
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--methods", default="mtsac,imgrad")
     parser.add_argument("--weightings", default="rlw,igbv1,igbv2")
     parser.add_argument("--updates", type=int, default=1000, help="timed updates per variant (several windows)")
     parser.add_argument("--hold", type=int, default=100, help="updates per weight choice")
     parser.add_argument("--blocks", type=int, default=10, help="interleaved timing blocks per variant")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    args, device = parse_device_args(parser)
     methods = args.methods.split(",")
     weightings = ["none", *args.weightings.split(",")]
     print(f"device={device} threads={torch.get_num_threads()} preset={args.preset} updates={args.updates} "

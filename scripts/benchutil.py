@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 
@@ -11,9 +12,19 @@ import torch
 from agents.mtsac import MTSAC
 from agents.replay import MultiTaskReplay
 from rl_mtl.config import build_config
-from rl_mtl.trainer import sac_config
+from rl_mtl.trainer import resolve_device, sac_config
 
 OBS_DIM, ACTION_DIM, K = 49, 4, 10
+
+
+def parse_device_args(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, torch.device]:
+    """Add the benchmarks' shared ``--device`` and ``--threads``, parse, apply the thread count; (args, device)."""
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args, resolve_device(args.device)
 
 
 def agent_and_replay(preset: str, device: torch.device, fill: int = 1_000) -> tuple[MTSAC, MultiTaskReplay, int]:
