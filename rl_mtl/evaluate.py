@@ -151,7 +151,7 @@ def load_agent(checkpoint_file: Path, device: str = "cpu") -> tuple[Any, Any]:
     from agents.mtsac import MTSAC
     from rl_mtl import checkpoint
     from rl_mtl.config import build_config, num_tasks
-    from rl_mtl.trainer import resolve_device, sac_config
+    from rl_mtl.agent_setup import resolve_device, sac_config
 
     state = checkpoint.load(checkpoint_file, map_location="cpu")
     cfg = build_config(base=state["config"])

@@ -17,13 +17,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.mtsac import MTSAC, SACConfig
+from agents.mtsac import MTSAC
 from agents.replay import MultiTaskReplay
 from envs.metaworld import MultiTaskEnv
 from envs.rollout import AsyncCollector, WorkerError, make_rollout_env
 from rl_mtl import checkpoint
 from rl_mtl.acting import ActingPolicy
-from rl_mtl.config import ConfigError, TrainConfig, config_table, save_config
+from rl_mtl.agent_setup import resolve_device, sac_config
+from rl_mtl.config import TrainConfig, config_table, save_config
 from rl_mtl.evaluate import evaluate_policy
 from rl_mtl.logger import Logger
 from rl_mtl.routing import build_steps
@@ -33,25 +34,6 @@ from rl_mtl.transfer import StepTransfer
 EVAL_SEED_OFFSET = 10_000
 #: rate of the running per-task training success a loss weighting sees (about the last 5 episodes of a task)
 SUCCESS_EMA = 0.2
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → cuda when available; ``cuda`` without CUDA is a :class:`ConfigError` naming ``--device``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device", "cuda was asked for but CUDA is not available here; use --device cpu or auto")
-    return torch.device(name)
-
-
-def sac_config(cfg: TrainConfig) -> SACConfig:
-    """The agent's view of the run config."""
-    return SACConfig(
-        hidden_sizes=cfg.hidden_sizes, arch=cfg.arch, gamma=cfg.gamma, tau=cfg.tau, actor_lr=cfg.actor_lr,
-        critic_lr=cfg.critic_lr, alpha_lr=cfg.alpha_lr, init_alpha=cfg.init_alpha, shared_alpha=cfg.shared_alpha,
-        target_entropy=cfg.target_entropy, actor_update_every=cfg.actor_update_every,
-        target_update_every=cfg.target_update_every, grad_clip=cfg.grad_clip,
-    )
 
 
 def seed_everything(seed: int) -> None:

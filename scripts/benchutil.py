@@ -12,7 +12,7 @@ import torch
 from agents.mtsac import MTSAC
 from agents.replay import MultiTaskReplay
 from rl_mtl.config import build_config
-from rl_mtl.trainer import resolve_device, sac_config
+from rl_mtl.agent_setup import resolve_device, sac_config
 
 OBS_DIM, ACTION_DIM, K = 49, 4, 10
 
