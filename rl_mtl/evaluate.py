@@ -8,6 +8,16 @@ The evaluator cuts episodes at success itself (resetting only that task's sub-en
 an env it builds and on a reused training env that does not terminate on success.  A reused env comes back with
 its goal RNG restored, so evaluations do not perturb the training goal sequence, but its episodes were cut:
 call ``env.reset()`` before resuming training on it.
+
+Two seeds, two roles.  The *build seed* is the seed a benchmark is built with (``make_env(name, build_seed)``):
+Meta-World draws each task's goals then (``metaworld.MT10(seed=...)``; for MT1 the ``seed`` of ``gym.make``), 50
+per task, or the one goal of ``fixed_goals``.  The *evaluation seed* (``seed`` below) reseeds every sub-env at the
+evaluation's first reset and so picks which of those goals each episode gets.  A trained policy is scored on the
+goals it trained on: the build seed of a run is its training seed (``cfg.seed``), as in the trainer, which
+evaluates on its training env with evaluation seed ``cfg.seed + EVAL_SEED_OFFSET`` (10000).  So
+``python -m rl_mtl.evaluate --run DIR --seed <train seed + 10000> --episodes <eval_episodes>`` reproduces the
+run's final evaluation (``summary.json["final"]``) exactly, and any other ``--seed`` gives fresh goal draws from
+the run's own goals.
 """
 
 from __future__ import annotations
@@ -45,13 +55,18 @@ def evaluate_policy(
     episodes: int = 10,
     seed: int = 0,
     config: Mapping[str, Any] | None = None,
+    build_seed: int | None = None,
 ) -> dict[str, float]:
     """Success rate of ``policy`` per task (task name → rate) plus ``"mean"`` over tasks.
 
-    ``env`` is a benchmark name (built here with ``config``'s ``make_env`` overrides, closed afterwards) or a
-    built :class:`MultiTaskVectorEnv` (reused, not closed).  Same seed and deterministic policy → same result.
+    ``env`` is a benchmark name (built here with ``config``'s ``make_env`` overrides and ``build_seed``, closed
+    afterwards) or a built :class:`MultiTaskVectorEnv` (reused, not closed: its goals are those it was built with).
+    ``seed`` is the evaluation seed (resets and goal draws); ``build_seed`` the seed the benchmark's goals are
+    drawn from — pass the policy's training seed to score it on the goals it trained on; ``None`` (the default,
+    kept for compatibility) builds with ``seed``.  Same seeds and deterministic policy → same result.
     """
-    return evaluate_detailed(policy, env, episodes=episodes, seed=seed, config=config).success_rate
+    return evaluate_detailed(policy, env, episodes=episodes, seed=seed, config=config,
+                             build_seed=build_seed).success_rate
 
 
 def evaluate_detailed(
@@ -60,6 +75,7 @@ def evaluate_detailed(
     episodes: int = 10,
     seed: int = 0,
     config: Mapping[str, Any] | None = None,
+    build_seed: int | None = None,
 ) -> EvaluationResult:
     """Like :func:`evaluate_policy`, also returning per-task mean episode return and length (for logging)."""
     if episodes < 1:
@@ -67,6 +83,9 @@ def evaluate_detailed(
     if not isinstance(env, str):  # a built env: in process or an envs.rollout.AsyncCollector
         if config:
             raise ValueError("config overrides apply only when env is a name; got a built env and a config")
+        if build_seed is not None:
+            raise ValueError("build_seed applies only when env is a name; a built env keeps the goals it was "
+                             "built with")
         state = env.rng_state()
         try:
             return _run(policy, env, episodes, seed)
@@ -76,7 +95,7 @@ def evaluate_detailed(
     unknown = sorted(set(options) - set(_ENV_OPTIONS))
     if unknown:
         raise ValueError(f"unknown evaluation config keys {unknown}; valid: {list(_ENV_OPTIONS)}")
-    with make_env(env, seed, terminate_on_success=True, **options) as built:
+    with make_env(env, seed if build_seed is None else build_seed, terminate_on_success=True, **options) as built:
         return _run(policy, built, episodes, seed)
 
 
@@ -181,15 +200,24 @@ def evaluate_seeds(
     episodes: int,
     seeds: Sequence[int],
     config: Mapping[str, Any] | None = None,
+    build_seed: int | None = None,
 ) -> tuple[dict[str, float], list[dict[str, float]]]:
     """Success per task (and ``"mean"``) averaged over evaluation ``seeds``, and each seed's own result.
 
     Every seed runs ``episodes`` episodes per task, so the average weighs all ``len(seeds) * episodes`` equally.
+    ``config`` and ``build_seed`` as in :func:`evaluate_policy` (with a name and no ``build_seed``, each evaluation
+    seed builds its own benchmark; pass the training seed to score every seed on the training goals).
     """
     if not seeds:
         raise ValueError("seeds must not be empty")
-    per_seed = [evaluate_policy(policy, env, episodes=episodes, seed=s, config=config) for s in seeds]
-    return {k: float(np.mean([r[k] for r in per_seed])) for k in per_seed[0]}, per_seed
+    per_seed = [evaluate_policy(policy, env, episodes=episodes, seed=s, config=config, build_seed=build_seed)
+                for s in seeds]
+    return _average(per_seed), per_seed
+
+
+def _average(results: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Key-wise mean of equally keyed results (one per evaluation seed)."""
+    return {k: float(np.mean([r[k] for r in results])) for k in results[0]}
 
 
 def _agent_policy(agent: Any) -> Policy:
@@ -205,28 +233,45 @@ def evaluate_checkpoint(
     device: str = "cpu",
     envs: dict[str, MultiTaskVectorEnv] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a checkpoint; the ``eval.json`` payload (checkpoint, step, episodes, seeds, success, per_seed).
+    """Evaluate a checkpoint; the ``eval.json`` payload: checkpoint, step, episodes, ``train_seed`` (the build
+    seed), ``seed``/``seeds`` (evaluation seeds), ``success`` (per task and ``"mean"``, averaged over the seeds),
+    ``return`` and ``length`` (mean episode return and length, likewise) and ``per_seed`` (each seed's success).
 
-    With ``envs`` (a cache keyed by the env options) checkpoints of one benchmark share one built env.
+    The benchmark is built with the run's training seed (``cfg.seed``), so the policy is scored on the goals it
+    trained on (the one goal per task of ``fixed_goals`` included); the evaluation seeds only reseed resets and goal
+    draws.  With evaluation seed ``cfg.seed + 10000`` and ``cfg.eval_episodes`` episodes this reproduces the
+    trainer's own final evaluation.  One env serves every seed; with ``envs`` (a cache keyed by the env name,
+    training seed and env options, closed by the caller) checkpoints of one benchmark and seed share it.
     """
     from rl_mtl import checkpoint
 
+    if not seeds:
+        raise ValueError("seeds must not be empty")
     agent, cfg = load_agent(ckpt, device)
     step = int(checkpoint.load(ckpt, map_location="cpu")["step"])
-    env: str | MultiTaskEnv = cfg.env
-    config: dict[str, Any] | None = cfg.env_kwargs()
-    if envs is not None:
-        key = json.dumps([cfg.env, cfg.env_kwargs()], sort_keys=True)
-        if key not in envs:
-            envs[key] = make_env(cfg.env, seeds[0], terminate_on_success=True, **cfg.env_kwargs())
-        env, config = envs[key], None
-    success, per_seed = evaluate_seeds(_agent_policy(agent), env, episodes, seeds, config)
-    return {"checkpoint": str(ckpt), "step": step, "episodes": episodes, "seed": seeds[0], "seeds": list(seeds),
-            "success": success, "per_seed": per_seed}
+    cache: dict[str, MultiTaskVectorEnv] = {} if envs is None else envs
+    key = json.dumps([cfg.env, cfg.seed, cfg.env_kwargs()], sort_keys=True)
+    try:
+        if key not in cache:
+            cache[key] = make_env(cfg.env, cfg.seed, terminate_on_success=True, **cfg.env_kwargs())
+        policy = _agent_policy(agent)
+        details = [evaluate_detailed(policy, cache[key], episodes=episodes, seed=s) for s in seeds]
+    finally:
+        if envs is None:
+            for env in cache.values():
+                env.close()
+    per_seed = [d.success_rate for d in details]
+    return {"checkpoint": str(ckpt), "step": step, "episodes": episodes, "train_seed": cfg.seed, "seed": seeds[0],
+            "seeds": list(seeds), "success": _average(per_seed),
+            "return": _average([d.mean_return for d in details]),
+            "length": _average([d.mean_length for d in details]), "per_seed": per_seed}
 
 
 def _evaluate_sweep(root: Path, episodes: int, seeds: Sequence[int], device: str) -> int:
-    """Evaluate the final checkpoint of every finished run under ``root``, writing ``<run>/eval.json``."""
+    """Evaluate the final checkpoint of every finished run under ``root``, writing ``<run>/eval.json``.
+
+    Each run is scored on the goals of its own training seed; runs sharing benchmark, training seed and env options
+    (the methods of one seed) share one built env."""
     from rl_mtl import checkpoint, runs
 
     envs: dict[str, MultiTaskVectorEnv] = {}
@@ -270,7 +315,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"Meta-World's official protocol: {OFFICIAL_EPISODES})")
     parser.add_argument("--protocol", choices=("default", "official"), default="default",
                         help=f"official: Meta-World's protocol, {OFFICIAL_EPISODES} episodes per task")
-    parser.add_argument("--seed", type=int, default=0, help="evaluation seed (goals and resets); the first of --seeds")
+    parser.add_argument("--seed", type=int, default=0, help="evaluation seed (resets and which of the run's goals "
+                        "each episode gets; the goals themselves are those of the run's training seed); the first "
+                        "of --seeds; <run seed>+10000 reproduces the run's own final evaluation")
     parser.add_argument("--seeds", type=int, default=1, help="evaluate with seeds seed .. seed+N-1 and average "
                         "(fresh: training evaluations use <run seed>+10000)")
     parser.add_argument("--device", default="cpu", help="auto | cpu | cuda")

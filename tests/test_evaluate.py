@@ -3,14 +3,16 @@ deterministic, and a built (training) env is reused with the same numbers as a d
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 from metaworld.policies import ENV_POLICY_MAP
 
 from envs import MultiTaskVectorEnv, make_env
-from rl_mtl.evaluate import evaluate_detailed, evaluate_policy, evaluate_seeds
+from rl_mtl.evaluate import EvaluationResult, evaluate_detailed, evaluate_policy, evaluate_seeds
 
 EPISODES = 3
 STEPS = 500
@@ -148,3 +150,281 @@ def test_cli_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Offline evaluation of a trained run: the benchmark is built with the run's training seed (its goals), the
+# evaluation seed only reseeds the resets.  Tiny MT1 runs with a training seed != 0 so that the seed matters.
+TRAIN_SEED = 3
+OTHER_TRAIN_SEED = 4
+EVAL_EPISODES = 3
+TRAIN_ARGS = ["--env", "mt1:reach-v3", "--config", "mt10_cpu", "--steps", "30", "--set", "hidden_sizes=16,16",
+              "--set", "warmup_steps=10", "--set", "batch_size=16", "--set", "eval_every=0",
+              "--set", f"eval_episodes={EVAL_EPISODES}", "--set", "max_episode_steps=20", "--set", "log_every=10",
+              "--set", "checkpoint_every=0", "--set", "torch_threads=1", "--no-progress"]
+#: goal configs: a new goal of the task's 50 per reset (the default) and one goal fixed per task (mt10_paper)
+GOAL_CONFIGS = {"per_reset": [], "fixed": ["--set", "fixed_goals=true"]}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Finished tiny runs: a sweep-like tree ``sweep/mtsac/seed{3,4}`` (per-reset goals) and a fixed-goal run."""
+    from rl_mtl.train import main as train_main
+
+    root = tmp_path_factory.mktemp("trained")
+    runs = {"per_reset": root / "sweep" / "mtsac" / f"seed{TRAIN_SEED}",
+            "per_reset_other": root / "sweep" / "mtsac" / f"seed{OTHER_TRAIN_SEED}",
+            "fixed": root / "fixed" / f"seed{TRAIN_SEED}"}
+    for name, run in runs.items():
+        seed = OTHER_TRAIN_SEED if name == "per_reset_other" else TRAIN_SEED
+        extra = GOAL_CONFIGS["fixed" if name == "fixed" else "per_reset"]
+        assert train_main([*TRAIN_ARGS, "--seed", str(seed), "--logdir", str(run), *extra]) == 0
+    return runs
+
+
+def in_training_evaluation(run: Path) -> EvaluationResult:
+    """What ``Trainer.evaluate`` computes at the end of a run, with returns and lengths: the final policy on an env
+    built as the trainer builds it (training seed, no terminate_on_success), evaluation seed ``seed + 10000``."""
+    from rl_mtl.evaluate import _agent_policy, load_agent
+    from rl_mtl.trainer import EVAL_SEED_OFFSET
+
+    agent, cfg = load_agent(run / "checkpoints" / "last.pt")
+    with make_env(cfg.env, cfg.seed, **cfg.env_kwargs()) as env:
+        return evaluate_detailed(_agent_policy(agent), env, episodes=cfg.eval_episodes,
+                                 seed=cfg.seed + EVAL_SEED_OFFSET)
+
+
+def logged_final(run: Path) -> dict[str, float]:
+    """The run's final in-training evaluation, as ``summary.json`` and the last row of ``evals.jsonl`` hold it."""
+    summary = json.loads((run / "summary.json").read_text())
+    last = json.loads((run / "evals.jsonl").read_text().splitlines()[-1])
+    assert last.pop("step") == summary["final_step"]
+    assert last == summary["final"]
+    return summary["final"]
+
+
+class BuildSpy:
+    """Stands in for ``rl_mtl.evaluate.make_env``: records each build's (name, seed, options), then builds."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int, dict[str, object]]] = []
+
+    def __call__(self, name: str, seed: int, **options: object) -> MultiTaskVectorEnv:
+        self.calls.append((name, seed, options))
+        return make_env(name, seed, **options)
+
+    @property
+    def seeds(self) -> list[int]:
+        return [seed for _, seed, _ in self.calls]
+
+
+@pytest.fixture
+def build_spy(monkeypatch: pytest.MonkeyPatch) -> BuildSpy:
+    import rl_mtl.evaluate
+
+    spy = BuildSpy()
+    monkeypatch.setattr(rl_mtl.evaluate, "make_env", spy)
+    return spy
+
+
+@pytest.mark.parametrize("goals", sorted(GOAL_CONFIGS))
+def test_offline_evaluation_reproduces_final_training_evaluation(
+        goals: str, trained: dict[str, Path], build_spy: BuildSpy) -> None:
+    """``evaluate_checkpoint`` with the trainer's evaluation seed gives the run's final evaluation exactly: same
+    success per task, and — since a barely trained policy scores 0 everywhere — the same per-task returns and lengths,
+    which depend on the goals.  Before the fix the benchmark was built with the evaluation seed (10003): other goals
+    (for ``fixed_goals`` another single goal), other returns."""
+    from rl_mtl.evaluate import evaluate_checkpoint
+    from rl_mtl.trainer import EVAL_SEED_OFFSET
+
+    run = trained[goals]
+    eval_seed = TRAIN_SEED + EVAL_SEED_OFFSET
+    payload = evaluate_checkpoint(run / "checkpoints" / "last.pt", EVAL_EPISODES, [eval_seed])
+    assert build_spy.seeds == [TRAIN_SEED]  # built with the training seed, not the evaluation seed
+    assert build_spy.calls[0][2]["fixed_goals"] is (goals == "fixed")
+    expected = in_training_evaluation(run)
+    assert expected.success_rate == logged_final(run)  # the reproduction of the trainer's evaluation is faithful
+    assert payload["success"] == logged_final(run)
+    assert payload["per_seed"] == [expected.success_rate]
+    assert payload["return"] == expected.mean_return
+    assert payload["length"] == expected.mean_length
+    assert payload["train_seed"] == TRAIN_SEED and payload["seeds"] == [eval_seed]
+
+
+@pytest.mark.parametrize("goals", sorted(GOAL_CONFIGS))
+def test_goals_come_from_the_build_seed(goals: str, trained: dict[str, Path]) -> None:
+    """The premise of the above: reseeding a reset does not redraw the benchmark's goals.  After the same seeded
+    reset, an env built with the training seed shows the training env's goal and returns; one built with the
+    evaluation seed shows another goal and other returns (what the old offline evaluation scored)."""
+    from rl_mtl.evaluate import _agent_policy, load_agent
+
+    agent, cfg = load_agent(trained[goals] / "checkpoints" / "last.pt")
+    eval_seed = TRAIN_SEED + 10_000
+    results, targets = [], []
+    for build_seed in (TRAIN_SEED, TRAIN_SEED, eval_seed):
+        with make_env(cfg.env, build_seed, **cfg.env_kwargs()) as env:
+            env.reset(seed=eval_seed)
+            targets.append(np.array(env.vector_env.envs[0].unwrapped._target_pos))
+            results.append(evaluate_detailed(_agent_policy(agent), env, episodes=EVAL_EPISODES, seed=eval_seed))
+    np.testing.assert_array_equal(targets[0], targets[1])
+    assert not np.allclose(targets[0], targets[2])
+    assert results[0] == results[1]
+    assert results[0].mean_return != results[2].mean_return
+    # the public API: build_seed picks the goals, the evaluation seed the draws among them
+    policy = _agent_policy(agent)
+    by_name = evaluate_detailed(policy, cfg.env, episodes=EVAL_EPISODES, seed=eval_seed, config=cfg.env_kwargs(),
+                                build_seed=TRAIN_SEED)
+    assert by_name == results[0]
+    assert evaluate_policy(policy, cfg.env, episodes=EVAL_EPISODES, seed=eval_seed, config=cfg.env_kwargs(),
+                           build_seed=TRAIN_SEED) == results[0].success_rate
+    legacy = evaluate_detailed(policy, cfg.env, episodes=EVAL_EPISODES, seed=eval_seed, config=cfg.env_kwargs())
+    assert legacy == results[2]  # without build_seed a named env is built with the evaluation seed, as before
+    with make_env(cfg.env, TRAIN_SEED, **cfg.env_kwargs()) as env, pytest.raises(ValueError, match="build_seed"):
+        evaluate_policy(policy, env, build_seed=TRAIN_SEED)
+
+
+def test_sweep_evaluates_each_run_on_its_own_goals(trained: dict[str, Path], build_spy: BuildSpy,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Two training seeds of a sweep: each run's benchmark is built with its own seed (one env per seed, shared by
+    the evaluation seeds), and each ``eval.json`` equals the run's single-run evaluation and its in-training goals.
+    Before the fix one env, built with the first evaluation seed, scored every run."""
+    from rl_mtl.evaluate import _evaluate_sweep, evaluate_checkpoint
+
+    root = trained["per_reset"].parent.parent
+    seeds = [TRAIN_SEED + 10_000, TRAIN_SEED + 10_001]
+    assert _evaluate_sweep(root, EVAL_EPISODES, seeds, "cpu") == 0
+    assert "evaluated 2 run(s)" in capsys.readouterr().out
+    assert build_spy.seeds == [TRAIN_SEED, OTHER_TRAIN_SEED]
+    for name, train_seed in (("per_reset", TRAIN_SEED), ("per_reset_other", OTHER_TRAIN_SEED)):
+        run = trained[name]
+        written = json.loads((run / "eval.json").read_text())
+        assert written["train_seed"] == train_seed
+        assert written == json.loads(json.dumps(
+            evaluate_checkpoint(run / "checkpoints" / "last.pt", EVAL_EPISODES, seeds)))
+    # the other run, scored with its own trainer's evaluation seed, reproduces its own final evaluation
+    other = trained["per_reset_other"]
+    payload = evaluate_checkpoint(other / "checkpoints" / "last.pt", EVAL_EPISODES, [OTHER_TRAIN_SEED + 10_000])
+    assert payload["success"] == logged_final(other)
+    assert payload["return"] == in_training_evaluation(other).mean_return
+
+
+@pytest.mark.parametrize("source", ["--run", "--checkpoint"])
+def test_cli_reproduces_final_training_evaluation(source: str, trained: dict[str, Path], tmp_path: Path,
+                                                  build_spy: BuildSpy, capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m rl_mtl.evaluate --run DIR`` / ``--checkpoint FILE --out X`` with ``--seed <train seed + 10000>``."""
+    from rl_mtl.evaluate import main
+
+    run = trained["fixed"]
+    target = [str(run)] if source == "--run" else [str(run / "checkpoints" / "last.pt"), "--out",
+                                                  str(tmp_path / "out.json")]
+    assert main([source, *target, "--seed", str(TRAIN_SEED + 10_000), "--episodes", str(EVAL_EPISODES)]) == 0
+    out = run / "eval.json" if source == "--run" else tmp_path / "out.json"
+    assert f"written {out}" in capsys.readouterr().out
+    written = json.loads(out.read_text())
+    assert build_spy.seeds == [TRAIN_SEED]
+    assert written["success"] == logged_final(run)
+    assert written["return"] == in_training_evaluation(run).mean_return
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Our evaluator against Meta-World's own (metaworld/evaluation.py, metaworld 3.1.1).  Meta-World's ``evaluation``
+# toggles terminate_on_success on, calls ``reset()`` without a seed (so it continues from the env's goal RNG and
+# leaves it advanced), counts an episode's success as the success flag of its last step (= success at any step,
+# since the episode ends at the first success) and its return from RecordEpisodeStatistics.  Seeded the way our
+# evaluator seeds (``seed`` on every sub-env; Meta-World's reset ignores seeds) and given the same float32 actions
+# (ours casts the policy's actions to float32), both run the very same episodes: the same success per task exactly,
+# and returns equal to float32 rounding (our evaluator sums the float32 step rewards of ``StepResult``, Meta-World's
+# RecordEpisodeStatistics the float64 ones).
+MW_SEED = 7
+#: relative tolerance on mean returns: float32 step rewards summed over up to 500 steps (measured: ~1e-9)
+RETURN_RTOL = 1e-6
+
+
+class MetaWorldAgent:
+    """A batched policy as ``metaworld.evaluation.Agent``: ``eval_action`` (float32 actions, as our evaluator steps
+    the env with) and a no-op ``reset``."""
+
+    def __init__(self, policy) -> None:
+        self.policy = policy
+
+    def eval_action(self, observations: np.ndarray) -> np.ndarray:
+        return np.asarray(self.policy(np.asarray(observations, dtype=np.float32)), dtype=np.float32)
+
+    def reset(self, env_mask: np.ndarray) -> None:
+        pass
+
+
+def metaworld_evaluation(policy, vector_env, episodes: int, seed: int | None) -> tuple[dict, dict]:
+    """Meta-World's evaluator on a gymnasium vector env: (success per task, mean return per task).  With a seed, every
+    sub-env is seeded first, as our evaluator's first reset does; ``None`` runs it as Meta-World does (unseeded)."""
+    import metaworld.evaluation
+
+    if seed is not None:
+        vector_env.call("seed", int(seed))
+    _, _, rates, returns = metaworld.evaluation.evaluation(MetaWorldAgent(policy), vector_env, episodes)
+    return dict(rates), {task: float(np.mean(r)) for task, r in returns.items()}
+
+
+def assert_same_evaluation(ours: EvaluationResult, theirs: tuple[dict, dict], names: list[str]) -> None:
+    rates, returns = theirs
+    assert set(rates) == set(names)
+    assert {k: ours.success_rate[k] for k in names} == rates
+    for k in names:
+        assert ours.mean_return[k] == pytest.approx(returns[k], rel=RETURN_RTOL), k
+
+
+@pytest.mark.parametrize("which, episodes", [("expert", 2), ("linear", 1)])
+def test_agrees_with_metaworld_evaluation(which: str, episodes: int, train_env: MultiTaskVectorEnv) -> None:
+    """On an env built like the trainer's (no terminate_on_success): the same success per task as
+    ``metaworld.evaluation`` for Meta-World's scripted experts (≈ 1) and for a fixed linear policy (≈ 0: measured 0.1,
+    drawer-close solved by chance)."""
+    names = train_env.task_names
+    policy = {"expert": Expert(names), "linear": lambda obs: linear_policy(obs[:, :39])}[which]
+    state = train_env.rng_state()
+    ours = evaluate_detailed(policy, train_env, episodes=episodes, seed=MW_SEED)
+    assert train_env.rng_state() == state  # ours restores the training goal RNG ...
+    try:
+        theirs = metaworld_evaluation(policy, train_env.vector_env, episodes, MW_SEED)
+        assert train_env.rng_state() != state  # ... Meta-World's leaves it advanced
+        assert not train_env.terminate_on_success and not any(train_env.vector_env.get_attr("terminate_on_success"))
+    finally:
+        train_env.set_rng_state(state)
+        train_env.reset()
+    assert_same_evaluation(ours, theirs, names)
+    if which == "expert":
+        assert all(ours.success_rate[k] >= EXPERT_FLOOR.get(k, 0.9) for k in names), ours.success_rate
+    else:
+        assert ours.success_rate["mean"] <= 0.3, ours.success_rate
+
+
+def test_metaworld_evaluation_is_unseeded(short_env: MultiTaskVectorEnv) -> None:
+    """The protocol difference: Meta-World's evaluator never seeds, so two calls in a row on one env score different
+    goal draws (and shift the env's training goal sequence); ours replays a seed exactly.  (500-step MT1 env: on an
+    MT1 env with a shorter ``max_episode_steps`` gym.make's outer TimeLimit truncates above Meta-World's
+    RecordEpisodeStatistics, there is no ``final_info["episode"]`` and Meta-World's evaluator fails — ours cuts
+    episodes itself and needs no episode statistics.)"""
+    with pytest.raises(KeyError, match="episode"):
+        metaworld_evaluation(linear_policy, short_env.vector_env, 1, MW_SEED)
+    with make_env("mt1:reach-v3", 1) as env:
+        first = metaworld_evaluation(linear_policy, env.vector_env, 2, None)
+        second = metaworld_evaluation(linear_policy, env.vector_env, 2, None)
+        assert first[1] != second[1]
+        ours = evaluate_detailed(linear_policy, env, episodes=2, seed=MW_SEED)
+        assert ours == evaluate_detailed(linear_policy, env, episodes=2, seed=MW_SEED)
+        assert_same_evaluation(ours, metaworld_evaluation(linear_policy, env.vector_env, 2, MW_SEED), env.task_names)
+
+
+@pytest.mark.filterwarnings("ignore:.*precision lowered by casting:UserWarning")
+def test_agrees_with_metaworld_on_its_own_env(train_env: MultiTaskVectorEnv) -> None:
+    """Independent of our env builder: Meta-World's env (``gym.make_vec("Meta-World/MT10")``, same seed) under its
+    evaluator scores the experts exactly as our env (``make_env("mt10", 0)``) under ours."""
+    import gymnasium as gym
+
+    names = train_env.task_names
+    ours = evaluate_detailed(Expert(names), train_env, episodes=2, seed=MW_SEED)
+    official = gym.make_vec("Meta-World/MT10", vector_strategy="sync", seed=0, use_one_hot=True)
+    try:
+        assert official.metadata["autoreset_mode"] == gym.vector.AutoresetMode.SAME_STEP
+        assert_same_evaluation(ours, metaworld_evaluation(Expert(names), official, 2, MW_SEED), names)
+    finally:
+        official.close()
