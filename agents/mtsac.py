@@ -7,7 +7,8 @@ gradients in exactly one place, :meth:`MTSAC._step`, through ``self.reducers[nam
 a thunk computing the loss vector with its graph, plus one task's loss as a function of a parameter dict and
 the batch tensors with their task axis, so a gradient combiner can take all K per-task gradients (and the
 losses) in one ``vmap`` pass (``rl_mtl/pertask.py``) by replacing a reducer — the agent never names one.
-The temperature step always uses the plain mean: per-task ``log α_k`` are task-specific parameters (DESIGN §4).
+The temperature step always uses the plain mean, never a combiner (DESIGN §4), with one temperature per task and
+with a shared one (``shared_alpha``) alike — see :meth:`MTSAC.alpha_losses` for why this departs from mtrl/CAGrad.
 
 The per-task loss functions (:meth:`MTSAC.critic_loss_fn`, :meth:`MTSAC.actor_loss_fn`) take an optional
 parameter dict for ``torch.func.functional_call`` and reduce over the sample axis only, so
@@ -29,7 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from agents.networks import ARCHS, Actor, TwinCritic
+from agents.networks import ARCHS, Actor, TwinCritic, head_parameter_names
 from agents.replay import Batch
 
 @dataclass(frozen=True)
@@ -41,12 +42,15 @@ class TaskLoss:
     fn: ONE task's ``fn(params_dict, *inputs_k) -> (loss (), aux)`` for ``torch.func`` (None where the loss is
     never combined); inputs: tensors with a leading task axis K (that task's rows, targets, noise, temperature).
     ``aux`` is what the agent needs back besides the losses (Q values, log-probabilities).
+    heads: the names in ``params`` of task heads (``arch="multihead"``): a leading task axis K whose slice k enters
+    task k's loss only, so a reducer may give them each task's own gradient (``combine_params=shared``).
     """
 
     params: dict[str, nn.Parameter]
     batched: Callable[[], tuple[Tensor, Tensor]]
     fn: Callable[..., tuple[Tensor, Tensor]] | None = None
     inputs: tuple[Tensor, ...] = ()
+    heads: frozenset[str] = frozenset()
 
 
 #: writes the gradient of a reduction of the task losses into ``TaskLoss.params``' ``.grad`` and returns the
@@ -147,6 +151,8 @@ class MTSAC(nn.Module):
                            cfg.log_std_min, cfg.log_std_max)
         self.critic = TwinCritic(obs_dim, action_dim, num_tasks, cfg.hidden_sizes, cfg.arch)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.critic_heads = head_parameter_names(self.critic)  # empty unless arch="multihead"
+        self.actor_heads = head_parameter_names(self.actor)
         num_alphas = 1 if cfg.shared_alpha else self.num_tasks
         self.log_alpha = nn.Parameter(torch.full((num_alphas,), math.log(cfg.init_alpha)))
         self.to(self.device)
@@ -244,6 +250,18 @@ class MTSAC(nn.Module):
 
         Only ``log_alpha`` receives gradient (the log-probabilities are detached here), and entry k only
         through ``log_alpha[k]`` (or the shared value).
+
+        These losses never go through a gradient combiner, with ``shared_alpha`` too.  mtrl's PCGrad and CAGrad's
+        MT10 code (one shared temperature) route the temperature loss through the same ``_compute_gradient``
+        hook as the networks (FAMO's RL code does not); no paper motivates it, it follows from the generic hook.
+        With one temperature the K task gradients are scalars ``g_k = α(H_k − H̄)`` (entropy minus target), the
+        Gram is rank one, and "conflict" is just a sign disagreement — the normal state of a temperature that
+        balances tasks above and below the entropy target.  There PCGrad and MGDA return d = 0, CAGrad/IMGrad
+        (c = 0.9) about 5 % of the mean step, Nash-MTL has no positive solution (it falls back), and FAMO takes
+        the log of losses that are negative half the time.  Routing would freeze the shared temperature exactly
+        when tasks disagree, i.e. stop enforcing the mean-entropy constraint; with one temperature per task the
+        gradients are orthogonal and a combiner would only rescale each task's step.  So the plain mean step
+        (the SAC dual step on the mean entropy) is used whatever the method.
         """
         return (self.alpha[:, None] * (-log_prob.detach() - self.target_entropy)).mean(-1)
 
@@ -301,7 +319,7 @@ class MTSAC(nn.Module):
         critic_inputs = (batch.obs, batch.action, batch.task, target)
         critic_loss, q1 = self._step("critic", TaskLoss(
             dict(self.critic.named_parameters()), lambda: self.critic_loss_fn(*critic_inputs),
-            self._critic_task_loss, critic_inputs), self.critic_optimizer)
+            self._critic_task_loss, critic_inputs, self.critic_heads), self.critic_optimizer)
         metrics["loss/critic"] = critic_loss
         metrics["q_mean"] = q1.mean(-1)
 
@@ -309,8 +327,8 @@ class MTSAC(nn.Module):
             actor_inputs = (batch.obs, batch.task, self.alpha.detach(), torch.randn_like(batch.action))
             actor_loss, log_prob = self._step("actor", TaskLoss(
                 dict(self.actor.named_parameters()), lambda: self.actor_loss_fn(*actor_inputs),
-                self._actor_task_loss, actor_inputs), self.actor_optimizer)
-            # temperatures are task-specific parameters: always the plain step, never a combiner (DESIGN §4)
+                self._actor_task_loss, actor_inputs, self.actor_heads), self.actor_optimizer)
+            # the temperatures: always the plain step, never a combiner (DESIGN §4; alpha_losses says why)
             alpha_loss, _ = self._step("alpha", TaskLoss(
                 {"log_alpha": self.log_alpha}, lambda: (self.alpha_losses(log_prob), log_prob)), self.alpha_optimizer)
             metrics["loss/actor"] = actor_loss

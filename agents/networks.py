@@ -110,6 +110,18 @@ class TaskMLP(nn.Module):
         return self.head(features, task_ids)
 
 
+def head_parameter_names(module: nn.Module) -> frozenset[str]:
+    """Names (as in ``module.named_parameters()``) of the parameters of its :class:`MultiHeadLinear` task heads.
+
+    Each has a leading task axis K and slice k enters task k's output only; empty for ``arch="shared"``.
+    """
+    return frozenset(
+        f"{prefix}.{name}" if prefix else name
+        for prefix, sub in module.named_modules() if isinstance(sub, MultiHeadLinear)
+        for name, _ in sub.named_parameters(recurse=False)
+    )
+
+
 def gaussian_log_prob(noise: Tensor, log_std: Tensor) -> Tensor:
     """Log-density of ``mean + exp(log_std)·noise`` under N(mean, std²), summed over the last axis.
 

@@ -42,12 +42,17 @@ def gram(G: Tensor) -> Tensor:
     return (G @ G.T).double()
 
 
-def write_direction(weights: Tensor, G: Tensor, params: Sequence[nn.Parameter]) -> Tensor:
+def write_direction(weights: Tensor, G: Tensor, params: Sequence[nn.Parameter], head_weights: Tensor | None = None,
+                    trunk_size: int = 0) -> Tensor:
     """Write ``d = weightsᵀ G`` into each parameter's ``.grad`` (overwriting it; views of d); returns d (m,).
 
-    weights: (K,); G: (K, m) in the order of ``params``.
+    weights: (K,); G: (K, m) in the order of ``params``.  With ``head_weights`` (K,), only the first ``trunk_size``
+    columns use ``weights`` and the rest (the task heads, placed last) use ``head_weights``.
     """
-    d = weights.to(G.dtype) @ G
+    if head_weights is None:
+        d = weights.to(G.dtype) @ G
+    else:
+        d = torch.cat((weights.to(G.dtype) @ G[:, :trunk_size], head_weights.to(G.dtype) @ G[:, trunk_size:]))
     offset = 0
     for p in params:
         n = p.numel()

@@ -9,6 +9,17 @@ per-task gradients only every ``diag_every`` updates, so its imbalance diagnosti
 A loss weighting (``rl_mtl/weighting``, DESIGN §6) composes with every path: its weights ``λ`` scale task k's
 gradient by ``s_k`` (``λ_k`` or ``λ_k / L_k`` in log space), so a combiner is handed the Gram of ``diag(s) G`` and
 the direction is ``Σ_k w_k s_k g_k`` — exactly the combiner applied to the weighted task gradients.
+
+Which parameters the combiner acts on (``combine_params``; only ``arch=multihead`` has task heads):
+
+* ``all`` (default; mtrl/CAGrad's reference, which combine the gradient of every actor/critic parameter): the
+  heads are part of ``g_k``, so head k moves by ``w_k s_k ∂L_k/∂head_k`` — a zero weight freezes that head for the
+  step, and the heads' (mutually orthogonal) gradients add to the Gram's diagonal;
+* ``shared``: the Gram, the weights and ``d = Σ_k w_k s_k g_k`` cover the trunk only, and head k gets its own task's
+  gradient ``s_k ∂L_k/∂head_k`` (weight 1, whatever the method: for plain MTSAC that is K times its mean weight
+  1/K, which Adam absorbs but a ``grad_clip`` norm sees).  It applies to every loss, combined or plain.
+
+The temperature losses never reach a CombinedStep (``agents.mtsac.MTSAC.alpha_losses`` says why).
 """
 
 from __future__ import annotations
@@ -31,6 +42,8 @@ from rl_mtl.weighting import make as make_weighting
 #: combined losses by default; FAMO reweights only the critic, as in its reference (references.md)
 DEFAULT_COMBINE = {"famo": ("critic",)}
 PARTS = ("critic", "actor")
+#: values of ``combine_params``: the parameters the combiner acts on (see the module docstring)
+COMBINE_PARAMS = ("all", "shared")
 
 
 class CombinedStep:
@@ -39,11 +52,15 @@ class CombinedStep:
     combiner: the method (for plain MTSAC, ``mean`` with ``plain=True``: the gradient stays one backward of the
     mean loss); diag_every: per-task gradients for diagnostics every this many calls (0: never, when plain);
     weighting: task weights applied before the combiner (None: unweighted); ``info`` is what the trainer tells
-    the weighting about the run (recent success per task, progress).
+    the weighting about the run (recent success per task, progress); combine_params: ``all`` or ``shared`` (the
+    task heads get their own task's gradient; see the module docstring).
     """
 
     def __init__(self, combiner: Combiner, plain: bool = False, diag_every: int = 10,
-                 weighting: Weighting | None = None) -> None:
+                 weighting: Weighting | None = None, combine_params: str = "all") -> None:
+        if combine_params not in COMBINE_PARAMS:
+            raise ValueError(f"combine_params must be one of {COMBINE_PARAMS}, got {combine_params!r}")
+        self.combine_params = combine_params
         self.combiner = combiner
         self.weighting = weighting
         self.info: dict[str, Any] = {}
@@ -59,7 +76,9 @@ class CombinedStep:
 
     # ------------------------------------------------------------------ the reducer
     def __call__(self, task_loss: TaskLoss) -> tuple[Tensor, Tensor]:
-        params = list(task_loss.params.values())
+        ordered, num_trunk, trunk_size = self._layout(task_loss)
+        params = list(ordered.values())
+        split = trunk_size > 0  # combine_params=shared with task heads: they take their own task's gradient
         diagnose = self.diag_every > 0 and self.calls % self.diag_every == 0 and task_loss.fn is not None
         self.calls += 1
         if self.plain or not self.combiner.needs_gram:
@@ -68,15 +87,22 @@ class CombinedStep:
             scaled = losses if scale is None else scale * losses
             weights = None
             if self.plain:
-                scaled.mean().backward(inputs=params)
+                combined = scaled.mean()
             else:
                 t0 = time.perf_counter()
                 weights = self.combiner(None, losses.detach())
                 self._add("solver_ms", 1e3 * (time.perf_counter() - t0))
-                (weights.detach() * scaled).sum().backward(inputs=params)
+                combined = (weights.detach() * scaled).sum()
+            if split:
+                combined.backward(inputs=params[:num_trunk], retain_graph=True)
+                scaled.sum().backward(inputs=params[num_trunk:])
+            else:
+                combined.backward(inputs=params)
             losses, aux = losses.detach(), aux.detach()
             if diagnose:
-                G = self._gradients(task_loss)[0]
+                G = self._gradients(task_loss, ordered)[0]
+                if split:
+                    G = G[:, :trunk_size]
                 k = G.shape[0]
                 used = weights.detach() if weights is not None else torch.full((k,), 1.0 / k, device=G.device)
                 if scale is not None:
@@ -85,16 +111,21 @@ class CombinedStep:
                 self._add_stats({**method_stats, **pareto_stats(gram(G), used.cpu())})
         else:
             # one vmapped pass gives the gradients, the losses and the aux outputs: no separate forward
-            G, losses, aux = self._gradients(task_loss)
+            G, losses, aux = self._gradients(task_loss, ordered)
             scale = self._scale(losses)
-            task_gram = gram(G)
+            task_gram = gram(G[:, :trunk_size] if split else G)
             if scale is not None:  # the Gram of diag(s) G
                 s64 = scale.to(task_gram)
                 task_gram = task_gram * torch.outer(s64, s64)
             t0 = time.perf_counter()
             weights = self.combiner(task_gram, losses)
             self._add("solver_ms", 1e3 * (time.perf_counter() - t0))
-            write_direction(weights if scale is None else weights * scale.to(weights), G, params)
+            used = weights if scale is None else weights * scale.to(weights)
+            if split:
+                heads = torch.ones_like(losses) if scale is None else scale
+                write_direction(used, G, params, heads, trunk_size)
+            else:
+                write_direction(used, G, params)
             if diagnose:
                 self._add_stats(self.combiner.stats())
         if self.initial_losses is None:
@@ -128,10 +159,19 @@ class CombinedStep:
                     after = task_loss.batched()[0]
             self.weighting.observe(self._before, after if for_weighting else None)
 
+    def _layout(self, task_loss: TaskLoss) -> tuple[dict[str, Tensor], int, int]:
+        """The parameters in the order the step uses — with ``combine_params=shared`` and task heads, the trunk
+        first and the heads last — with the number of trunk parameters and their total size (0, 0: no split)."""
+        if self.combine_params == "all" or not task_loss.heads:
+            return task_loss.params, 0, 0
+        trunk = {n: p for n, p in task_loss.params.items() if n not in task_loss.heads}
+        heads = {n: p for n, p in task_loss.params.items() if n in task_loss.heads}
+        return {**trunk, **heads}, len(trunk), sum(p.numel() for p in trunk.values())
+
     @staticmethod
-    def _gradients(task_loss: TaskLoss) -> tuple[Tensor, Tensor, Tensor]:
-        """``G (K, m)``, losses (K,) and aux of one vmapped pass over the task axis."""
-        return per_task_gradients(task_loss.fn, detached_params(task_loss.params), task_loss.inputs)
+    def _gradients(task_loss: TaskLoss, params: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """``G (K, m)`` (columns in ``params`` order), losses (K,) and aux of one vmapped pass over the task axis."""
+        return per_task_gradients(task_loss.fn, detached_params(params), task_loss.inputs)
 
     # ------------------------------------------------------------------ diagnostics
     def _add(self, key: str, value: float) -> None:
@@ -197,10 +237,11 @@ def combined_parts(method: str, combine: str) -> tuple[str, ...]:
 
 def build_steps(method: str, hparams: dict[str, Any], combine: str, diag_every: int, seed: int,
                 weighting: str = "none", weighting_hparams: dict[str, Any] | None = None,
-                weighted: str = "critic") -> dict[str, CombinedStep]:
+                weighted: str = "critic", *, combine_params: str = "all") -> dict[str, CombinedStep]:
     """One :class:`CombinedStep` per combined loss (its own combiner instance and state) and a plain,
     diagnosing one for every other loss; ``mtsac`` is plain everywhere.  The losses named in ``weighted`` get
-    their own instance of the loss weighting ``weighting`` (none: unweighted)."""
+    their own instance of the loss weighting ``weighting`` (none: unweighted); ``combine_params`` applies to every
+    step (``all`` or ``shared``: the task heads get their own task's gradient)."""
     parts = () if method == "mtsac" else combined_parts(method, combine)
     weighted_parts = () if weighting == "none" else split_parts(weighted)
     steps = {}
@@ -209,7 +250,8 @@ def build_steps(method: str, hparams: dict[str, Any], combine: str, diag_every: 
                     if part in weighted_parts else None)
         if part in parts:
             steps[part] = CombinedStep(make(method, seed=seed + offset, **hparams), diag_every=diag_every,
-                                       weighting=weighter)
+                                       weighting=weighter, combine_params=combine_params)
         else:
-            steps[part] = CombinedStep(make("mean"), plain=True, diag_every=diag_every, weighting=weighter)
+            steps[part] = CombinedStep(make("mean"), plain=True, diag_every=diag_every, weighting=weighter,
+                                       combine_params=combine_params)
     return steps
