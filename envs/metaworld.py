@@ -29,6 +29,8 @@ import metaworld
 import numpy as np
 from metaworld.env_dict import ALL_V3_ENVIRONMENTS
 
+from envs import env_state
+
 #: accepted benchmark names; MT1 takes a task: ``mt1:<task>`` (e.g. ``mt1:reach-v3``)
 ENV_NAMES: tuple[str, ...] = ("mt10", "mt50", "mt1:<task>")
 #: every Meta-World v3 task name, in Meta-World's spelling (valid values of ``mt1:<task>``)
@@ -263,6 +265,31 @@ class MultiTaskVectorEnv:
         self._check_idle()
         self.vector_env.call("load_checkpoint", state)
 
+    # ------------------------------------------------------------------ exact snapshots (resume)
+    def get_state(self) -> list[dict[str, Any]]:
+        """Per row, everything the next steps depend on: the sub-env's simulator, Meta-World and wrapper state and
+        RNGs (:func:`envs.env_state.capture`) and the episode statistics so far.  In-process sub-envs only."""
+        self._check_idle()
+        return [{"env": env_state.capture(env), "episode": (float(self._ep_return[i]), bool(self._ep_success[i]),
+                                                             int(self._ep_length[i]))}
+                for i, env in enumerate(self._sub_envs())]
+
+    def set_state(self, state: Sequence[Mapping[str, Any]]) -> None:
+        """Restore a :meth:`get_state` snapshot, row by row, into sub-envs built by the same builders."""
+        self._check_idle()
+        envs = self._sub_envs()
+        if len(state) != len(envs):
+            raise ValueError(f"env state has {len(state)} rows for {len(envs)} sub-envs")
+        for i, (env, row) in enumerate(zip(envs, state, strict=True)):
+            env_state.restore(env, row["env"])
+            self._ep_return[i], self._ep_success[i], self._ep_length[i] = row["episode"]
+
+    def _sub_envs(self) -> list[gym.Env]:
+        if self._is_async:
+            raise RuntimeError("exact env snapshots need in-process sub-envs (vector_strategy=sync or "
+                               "rollout=async workers), not gymnasium's AsyncVectorEnv")
+        return list(self.vector_env.envs)  # type: ignore[attr-defined]
+
     # ------------------------------------------------------------------ lifecycle
     def _check_idle(self) -> None:
         if self._closed:
@@ -311,6 +338,8 @@ class MultiTaskEnv(Protocol):
     def step_wait(self) -> StepResult: ...
     def rng_state(self) -> list[Any]: ...
     def set_rng_state(self, state: list[Any]) -> None: ...
+    def get_state(self) -> list[dict[str, Any]]: ...
+    def set_state(self, state: Sequence[Mapping[str, Any]]) -> None: ...
     def close(self) -> None: ...
 
 

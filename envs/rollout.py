@@ -281,6 +281,20 @@ class AsyncCollector:
             raise ValueError(f"rng state has {len(state)} entries for {self.num_tasks} tasks")
         self._request_all("set_rng_state", {w.index: [state[i] for i in w.ids] for w in self._workers})
 
+    def get_state(self) -> list[dict[str, Any]]:
+        """Every env's exact snapshot (:meth:`MultiTaskVectorEnv.get_state` rows), in task order, from the workers."""
+        self._check_idle()
+        answers = self._request_all("get_state", {w.index: None for w in self._workers})
+        by_id = {i: s for answer in answers.values() for i, s in answer.items()}
+        return [by_id[i] for i in range(self.num_tasks)]
+
+    def set_state(self, state: Sequence[Any]) -> None:
+        """Restore a :meth:`get_state` snapshot into whichever worker holds each env."""
+        self._check_idle()
+        if len(state) != self.num_tasks:
+            raise ValueError(f"env state has {len(state)} rows for {self.num_tasks} tasks")
+        self._request_all("set_state", {w.index: {i: state[i] for i in w.ids} for w in self._workers})
+
     def close(self) -> None:
         """Shut every worker down (idempotent; also run on garbage collection and at interpreter exit)."""
         self._closed = True
@@ -402,38 +416,41 @@ class AsyncCollector:
             try:
                 answers[w.index] = self._answer(w, max(deadline - time.monotonic(), 0.0), command)
             except _Fault as fault:
-                self._restart(fault)
-                fresh = self._workers[w.index]
-                self._send(fresh, command, payloads[w.index])
-                try:
-                    answers[w.index] = self._answer(fresh, self.step_timeout_s, command)
-                except _Fault as again:
-                    raise self._fail(fresh, f"{again.what} right after a restart") from None
+                while w.index not in answers:  # each fault of the repeated request is one more restart
+                    self._restart(fault)
+                    fresh = self._workers[w.index]
+                    self._send(fresh, command, payloads[w.index])
+                    try:
+                        answers[w.index] = self._answer(fresh, self.step_timeout_s, command)
+                    except _Fault as again:
+                        fault = _Fault(again.worker, f"{again.what} right after a restart")
         return answers
 
     def _restart(self, fault: _Fault) -> np.ndarray:
         """Replace a dead or hung worker by a fresh one holding the same envs, reset with a new seed; the reset
-        obs of its rows.  Raises :class:`WorkerError` past ``max_restarts``."""
-        w = fault.worker
-        if self.restarts >= self.max_restarts:
-            raise self._fail(w, f"{fault.what}; not restarted: the {self.max_restarts} restart(s) allowed "
-                                "are used up")
-        if w.process.is_alive():
-            w.process.kill()
-        w.process.join(timeout=5.0)
-        w.conn.close()
-        self.restarts += 1
-        seed = int(np.random.SeedSequence([self._seed, self.restarts]).generate_state(1)[0] % 2**31)
-        log.warning("%s; restarting it with its envs reseeded (seed %d, restart %d of %d)",
-                    self._describe(w, fault.what), seed, self.restarts, self.max_restarts)
-        fresh = self._start(w.index, w.ids)
-        self._workers[w.index] = fresh
-        try:
-            self._answer(fresh, self.start_timeout_s, "start")
-            self._send(fresh, "reset", seed)
-            return np.asarray(self._answer(fresh, self.step_timeout_s, "reset"), dtype=np.float32)
-        except _Fault as again:
-            raise self._fail(fresh, f"{again.what} while restarting") from None
+        obs of its rows.  A replacement that dies or hangs while it starts counts as one more restart and is
+        replaced in turn.  Raises :class:`WorkerError` past ``max_restarts``."""
+        w, what = fault.worker, fault.what
+        while True:
+            if self.restarts >= self.max_restarts:
+                raise self._fail(w, f"{what}; not restarted: the {self.max_restarts} restart(s) allowed "
+                                    "are used up")
+            if w.process.is_alive():
+                w.process.kill()
+            w.process.join(timeout=5.0)
+            w.conn.close()
+            self.restarts += 1
+            seed = int(np.random.SeedSequence([self._seed, self.restarts]).generate_state(1)[0] % 2**31)
+            log.warning("%s; restarting it with its envs reseeded (seed %d, restart %d of %d)",
+                        self._describe(w, what), seed, self.restarts, self.max_restarts)
+            fresh = self._start(w.index, w.ids)
+            self._workers[w.index] = fresh
+            try:
+                self._answer(fresh, self.start_timeout_s, "start")
+                self._send(fresh, "reset", seed)
+                return np.asarray(self._answer(fresh, self.step_timeout_s, "reset"), dtype=np.float32)
+            except _Fault as again:
+                w, what = again.worker, f"{again.what} while restarting"
 
     def _fail(self, w: _Worker, what: str) -> WorkerError:
         """Close the collector (other workers may hold answers nobody will read) and return the error to raise."""

@@ -25,6 +25,10 @@ from envs.metaworld import MultiTaskVectorEnv
 class TimedEnv(gym.Wrapper):
     """Adds up the wall time its env spends in ``step`` and ``reset`` (the env's share of a vector step)."""
 
+    #: not part of the env's state: snapshots (``envs/env_state.py``) look through it, so a worker's env and an
+    #: in-process one exchange them (a run may resume with another ``rollout``)
+    state_transparent = True
+
     def __init__(self, env: gym.Env) -> None:
         super().__init__(env)
         self.seconds = 0.0
@@ -103,6 +107,10 @@ class Shard:
             return self.vec.rng_state()
         if command == "set_rng_state":
             return self.vec.set_rng_state(payload)
+        if command == "get_state":
+            return dict(zip(self.vec.env_ids, self.vec.get_state(), strict=True))
+        if command == "set_state":
+            return self.vec.set_state([payload[i] for i in self.vec.env_ids])
         if command == "assign":
             return self.assign(*payload)
         if command == "calibrate":

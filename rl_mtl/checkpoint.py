@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 CHECKPOINT_NAME = "last.pt"
-REPLAY_NAME = "replay.pt"
+#: replay data of the checkpoint at a step: ``replay-<step>.pt`` (``last.pt`` names the one that belongs to it)
+REPLAY_PATTERN = "replay-*.pt"
 FORMAT_VERSION = 1
 
 
@@ -39,6 +40,30 @@ def save_atomic(obj: Any, path: Path) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def replay_name(step: int) -> str:
+    """The replay file written with the checkpoint at ``step``."""
+    return f"replay-{int(step)}.pt"
+
+
+def remove_replays(directory: Path, keep: str | None) -> None:
+    """Delete every replay file in ``directory`` except ``keep`` (once a newer ``last.pt`` no longer names them)."""
+    for path in Path(directory).glob(REPLAY_PATTERN):
+        if path.name != keep:
+            path.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(directory: Path) -> None:
+    """Delete the half-written temporary files a killed :func:`save_atomic` left in ``directory``."""
+    for path in Path(directory).glob(".*.tmp"):
+        path.unlink(missing_ok=True)
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line (torch's state-dict mismatches span dozens), cut to ``limit`` chars."""
+    text = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -16,5 +16,15 @@ class Parser(argparse.ArgumentParser):
 
 def fail(prog: str, message: str) -> NoReturn:
     """Print ``prog: error: message`` on stderr and exit 2 (the convention of argparse usage errors)."""
-    print(f"{prog}: error: {message}", file=sys.stderr)
+    error(prog, message)
     raise SystemExit(2)
+
+
+def error(prog: str, message: str) -> None:
+    """Print ``prog: error: message`` on stderr as one line, whatever newlines ``message`` holds."""
+    print(f"{prog}: error: {one_line(message)}", file=sys.stderr)
+
+
+def one_line(message: object) -> str:
+    """``message`` with its lines joined by single spaces (an exception text from deeper code may span several)."""
+    return " ".join(str(message).split())

@@ -8,6 +8,8 @@ that a bad value fails with a :class:`ConfigError` naming the flag before any en
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
 import re
 import typing
 from dataclasses import dataclass, field, fields
@@ -68,6 +70,9 @@ class TrainConfig:
     """Hyperparameters of the method's gradient combiner (``--set combiner.c=0.5``); see ``--help``."""
     combine: str = "auto"
     """Losses routed through the combiner: ``critic,actor``, ``critic``, ``actor``; ``auto`` = both, FAMO critic."""
+    combine_params: str = "all"
+    """Parameters the combiner acts on: ``all`` (mtrl's reference: the task heads too, scaled by the weights) or
+    ``shared`` (the trunk only; each head gets its own task's gradient; needs ``arch=multihead``)."""
     diag_every: int = 10
     """Compute the per-task gradient diagnostics (imbalance, cos θ, Pareto failures) every this many updates."""
     weighting: str = "none"
@@ -134,6 +139,9 @@ class TrainConfig:
     """Polyak-update the target critics every this many critic updates."""
     grad_clip: float = 0.0
     """Clip each network's gradient norm to this value; 0 disables."""
+    max_skipped_updates: int = 100
+    """Stop the run (checkpoint, exit 3) after this many consecutive updates skipped for a non-finite loss or
+    gradient; 0 never stops."""
 
     # --- evaluation, logging, checkpoints
     eval_every: int = 30_000
@@ -181,11 +189,12 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "vector_strategy": ("sync", "async"),
     "rollout": ("sync", "async"),
     "arch": ("shared", "multihead"),
+    "combine_params": ("all", "shared"),
 }
 _POSITIVE_INT = ("steps", "batch_size", "buffer_size", "max_episode_steps", "eval_episodes", "log_every",
                  "updates_per_step", "actor_update_every", "target_update_every")
 _NON_NEGATIVE_INT = ("warmup_steps", "eval_every", "checkpoint_every", "torch_threads", "seed", "diag_every",
-                     "workers")
+                     "workers", "max_skipped_updates")
 _POSITIVE_FLOAT = ("actor_lr", "critic_lr", "alpha_lr", "init_alpha")
 _ENV_PATTERN = re.compile(r"^(mt10|mt50|mt1:[a-z0-9-]+)$")
 
@@ -200,6 +209,8 @@ def _validate(cfg: TrainConfig) -> None:
     """Raise :class:`ConfigError` for the first invalid field."""
     if not _ENV_PATTERN.match(cfg.env):
         raise ConfigError("--env", f"unknown environment '{cfg.env}'; valid: mt10, mt50, mt1:<task> (e.g. mt1:reach-v3)")
+    if cfg.env.startswith("mt1:"):
+        _check_mt1_task(cfg.env[len("mt1:"):])
     if cfg.method not in METHODS:
         raise ConfigError("--method", f"unknown method '{cfg.method}'; known: {', '.join(METHODS)}")
     for name, choices in _CHOICES.items():
@@ -233,10 +244,29 @@ def _validate(cfg: TrainConfig) -> None:
         raise ConfigError("--set buffer_size", f"must give each of the {k} tasks at least one slot, got {cfg.buffer_size}")
 
 
+@functools.lru_cache(maxsize=None)
+def _check_mt1_task(task: str) -> None:
+    """``mt1:<task>`` names a Meta-World v3 task.  Imports metaworld (~1-2 s), so only for ``mt1:`` names and once
+    per task name per process."""
+    from envs.metaworld import MT1_TASKS
+
+    if task in MT1_TASKS:
+        return
+    close = difflib.get_close_matches(task, MT1_TASKS, n=3)
+    hint = f"did you mean {' or '.join('mt1:' + t for t in close)}? " if close else ""
+    examples = [t for t in ("reach-v3", "push-v3", "pick-place-v3", "door-open-v3") if t in MT1_TASKS]
+    raise ConfigError("--env", f"unknown MT1 task '{task}'; {hint}Meta-World has {len(MT1_TASKS)}, e.g. "
+                               f"{', '.join(examples or MT1_TASKS[:4])}; list them with python -c \"from "
+                               "envs.metaworld import MT1_TASKS; print(*MT1_TASKS)\"")
+
+
 def _validate_combiner(cfg: TrainConfig) -> None:
     """``combine`` names known losses; ``combiner.*`` hyperparameters exist for the method and are in range."""
     if cfg.combine != "auto":
         _check_parts(cfg.combine, "--set combine", "auto or a list of ")
+    if cfg.combine_params == "shared" and cfg.arch != "multihead":
+        raise ConfigError("--set combine_params", "'shared' gives each task head its own gradient, but arch=shared "
+                          "has no heads; add --set arch=multihead or keep combine_params=all")
     if cfg.method == "mtsac":
         if cfg.combiner:
             raise ConfigError(f"--set combiner.{next(iter(cfg.combiner))}", "method mtsac has no combiner options")
@@ -311,14 +341,32 @@ def load_preset(name: str) -> dict[str, Any]:
 def _read_yaml(path: Path, flag: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
+    except OSError as exc:
         raise ConfigError(flag, f"cannot read {path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(flag, f"cannot read {path}: {yaml_problem(exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(flag, f"{path} must hold a mapping of option: value")
     unknown = sorted(set(data) - set(field_names()))
     if unknown:
         raise ConfigError(flag, f"{path} has unknown option(s) {', '.join(unknown)}")
     return data
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error in one line: the problem and where it is (``expected ',' or ']', but got ':' at line 3,
+    column 2``), instead of PyYAML's several lines of context and carets."""
+    def where(mark: Any) -> str:
+        return f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+
+    problem, context = getattr(exc, "problem", None), getattr(exc, "context", None)
+    if not problem:
+        return "YAML syntax error: " + (f"{context}{where(getattr(exc, 'context_mark', None))}" if context
+                                        else " ".join(str(exc).split()))
+    text = f"{problem}{where(getattr(exc, 'problem_mark', None))}"
+    if context:  # where the construct the parser was in began: often the line that holds the mistake
+        text += f" ({context}{where(getattr(exc, 'context_mark', None))})"
+    return f"YAML syntax error: {text}"
 
 
 def field_names() -> list[str]:
@@ -330,11 +378,15 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     """``["key=value", ...]`` → typed overrides; values are parsed as YAML (``hidden_sizes=256,256`` works too)."""
     out: dict[str, Any] = {}
     names = field_names()
+    seen: dict[str, str] = {}
     for item in items:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key:
             raise ConfigError("--set", f"expected key=value, got '{item}'")
+        if key in seen:  # the last one would win silently: say which two disagree (or repeat)
+            raise ConfigError(f"--set {key}", f"given twice ({seen[key]} and {item.strip()}); keep one")
+        seen[key] = item.strip()
         if key.startswith("combiner.") and len(key) > len("combiner."):
             out.setdefault("combiner", {})[key[len("combiner."):]] = yaml.safe_load(raw.strip())
             continue

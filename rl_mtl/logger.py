@@ -36,6 +36,8 @@ class Logger:
         # were written before it was saved), so a resumed curve is continuous
         self.writer = SummaryWriter(str(self.run_dir), purge_step=start_step + 1 if start_step > 0 else None)
         csv_path = self.run_dir / "metrics.csv"
+        if start_step > 0 and csv_path.exists():
+            truncate_csv(csv_path, start_step)  # rows a killed run wrote after its last checkpoint
         new_file = not csv_path.exists()
         self._csv_file = open(csv_path, "a", newline="")
         self._csv = csv.writer(self._csv_file)
@@ -46,6 +48,16 @@ class Logger:
         self.bar = tqdm(total=total_steps, initial=start_step, disable=not progress, unit="step",
                         dynamic_ncols=True, smoothing=0.05)
         self._postfix: dict[str, str] = {}
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """The interval's recorded but not yet written sums, so a resumed run writes the same means."""
+        return {"sums": dict(self._sums), "counts": dict(self._counts)}
+
+    def load_state_dict(self, state: Mapping[str, Any] | None) -> None:
+        """Restore :meth:`state_dict` (None: nothing pending)."""
+        self._sums = dict(state["sums"]) if state else {}
+        self._counts = dict(state["counts"]) if state else {}
 
     # ------------------------------------------------------------------ recording
     def record(self, key: str, value: float | Tensor) -> None:
@@ -141,3 +153,22 @@ class Logger:
         self.bar.close()
         self.writer.close()
         self._csv_file.close()
+
+
+def truncate_csv(path: Path, last_step: int) -> None:
+    """Keep the header and the rows of ``step <= last_step`` of a long-format ``metrics.csv`` (atomically)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(path, newline="") as src, open(tmp, "w", newline="") as dst:
+        reader, writer = csv.reader(src), csv.writer(dst)
+        for i, row in enumerate(reader):
+            if i == 0 or (len(row) == 3 and _step_of(row[0]) <= last_step):
+                writer.writerow(row)
+    tmp.replace(path)
+
+
+def _step_of(text: str) -> float:
+    """The step column of a row; a torn one (a kill mid-write) counts as past every checkpoint."""
+    try:
+        return int(text)
+    except ValueError:
+        return math.inf

@@ -7,7 +7,8 @@ Writes ``results.md``, ``results.csv``, ``results.json`` and, with matplotlib (t
 (mean success over training with a bootstrap 95 % CI across seeds) and ``diagnostics.png`` (combiner diagnostics
 over training, when logged). Per method: the final success rate (the reported score) as mean ± SEM, bootstrap CI
 and IQM across seeds; the max over training, labelled as such; success per task. A run that is missing, failed,
-unfinished or trained with a different config is listed with the reason and left out of every average.
+unfinished, diverged or trained with a different config is listed with the reason and left out of every average;
+a finished run that skipped updates (non-finite losses or gradients) is averaged and named in ``results.md``.
 """
 
 from __future__ import annotations
@@ -21,13 +22,15 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from rl_mtl import runs, stats
-from rl_mtl.cli import Parser, fail
+from rl_mtl.cli import Parser, fail, one_line
 from rl_mtl.config import TrainConfig
 
 PROG = "python -m rl_mtl.report"
-#: options that do not change what a run measures (hardware, logging, bookkeeping)
+#: options that do not change what a run measures (hardware, logging, bookkeeping; the number of rollout workers
+#: changes which process steps an env, never a transition). ``rollout`` is not among them: with ``async`` the update
+#: made during step t samples a replay without transition t (one step stale), a different protocol from ``sync``
 IGNORED = frozenset({"seed", "device", "torch_threads", "preset", "log_every", "checkpoint_every", "save_replay",
-                     "vector_strategy", "diag_every"})
+                     "vector_strategy", "diag_every", "workers"})
 #: options that make a method what it is: they may differ between methods, not between seeds of one method
 METHOD_FIELDS = frozenset({"method", "combiner", "combine", "weighting", "weighting_opts", "weighted"})
 #: combiner diagnostics plotted over training when a run logged them (metrics.csv keys)
@@ -60,6 +63,8 @@ class Run:
     final: dict[str, float] = field(default_factory=dict)
     max_over_training: float = math.nan
     history: list[tuple[int, float]] = field(default_factory=list)
+    skipped_updates: int = 0
+    """Updates of a finished run that skipped an optimiser step for a non-finite loss or gradient (noted, averaged)."""
     problem: str = ""
 
 
@@ -85,6 +90,10 @@ def load_run(root: Path, path: Path, source: str) -> Run:
     if summary is None:
         run.problem = failed or f"unfinished (no {runs.SUMMARY}; last status: {status.get('status', 'unknown')})"
         return run
+    if summary.get("status") == "diverged":
+        reason = one_line(summary.get("stop_reason") or "no reason recorded")
+        run.problem = f"diverged at step {summary.get('final_step')}: {reason}"
+        return run
     if summary.get("final_step") != cfg.steps:
         run.problem = (f"unfinished (trained to {summary.get('final_step')} of {cfg.steps} steps)"
                        + (f"; last attempt {failed}" if failed else ""))
@@ -92,6 +101,7 @@ def load_run(root: Path, path: Path, source: str) -> Run:
     run.final = {k: float(v) for k, v in summary["final"].items()}
     run.max_over_training = float(summary["max_over_training"])
     run.history = [(int(e["step"]), float(e["mean"])) for e in summary.get("history", [])]
+    run.skipped_updates = int(summary.get("skipped_updates") or 0)
     if source == "eval":
         evaluation = runs.read_json(path / runs.EVAL)
         if evaluation is None or evaluation.get("step") != summary["final_step"]:
@@ -117,7 +127,11 @@ def load_runs(root: Path, source: str) -> list[Run]:
 # ---------------------------------------------------------------------------------------------------------------
 # config consistency
 def _describe(values: dict[str, Any], reference: dict[str, Any]) -> str:
-    """``steps=100 (others: 50)`` for the first option that differs."""
+    """``steps=100 (others: 50)`` for the first option that differs (``rollout`` first, with why it matters)."""
+    if values.get("rollout", "sync") != reference.get("rollout", "sync"):
+        return (f"rollout={values.get('rollout', 'sync')} differs from the other seeds' "
+                f"rollout={reference.get('rollout', 'sync')}: async updates see data one step stale, "
+                "a different protocol")
     for name in sorted(set(values) | set(reference)):
         if values.get(name) != reference.get(name):
             return f"{name}={values.get(name)!r} (others: {reference.get(name)!r})"
@@ -170,7 +184,7 @@ def aggregate(records: Sequence[Run], resamples: int = stats.RESAMPLES,
             "final": stats.summarize([r.final["mean"] for r in group], resamples=resamples).to_dict(),
             "max_over_training": stats.summarize([r.max_over_training for r in group], resamples=resamples).to_dict(),
             "per_seed": {str(r.seed): {"final": r.final["mean"], "max_over_training": r.max_over_training,
-                                       "run": str(r.path)} for r in group},
+                                       "skipped_updates": r.skipped_updates, "run": str(r.path)} for r in group},
             "per_task": {t: stats.summarize([r.final[t] for r in group], resamples=resamples).to_dict()
                          for t in tasks},
             "curve": stats.aggregate_curves([r.history for r in group]),
@@ -191,8 +205,9 @@ def _score_row(label: str, s: dict[str, float]) -> str:
 
 
 def markdown(root: Path, source: str, methods: dict[str, dict[str, Any]], excluded: Sequence[Run],
-             protocol: str, plots: Sequence[str]) -> str:
-    """``results.md``: headline table, max over training, per-task table, excluded runs, plots, conventions."""
+             protocol: str, plots: Sequence[str], averaged: Sequence[Run] = ()) -> str:
+    """``results.md``: headline table, max over training, per-task table, excluded runs, the averaged runs that
+    skipped updates, plots, conventions."""
     head = "| method | seeds | mean ± SEM | 95 % CI | IQM |\n|---|---|---|---|---|"
     what = ("the final evaluation of each run (summary.json)" if source == "summary"
             else "the re-evaluation of each run's final checkpoint (eval.json, rl_mtl.evaluate --sweep)")
@@ -218,6 +233,11 @@ def markdown(root: Path, source: str, methods: dict[str, dict[str, Any]], exclud
                   for r in excluded]
     else:
         lines.append("None: every run found is finished and has the same config.")
+    skipped = [r for r in averaged if r.skipped_updates > 0]
+    if skipped:
+        lines += ["", "Runs with skipped updates (averaged; each such update skipped an optimiser step for a "
+                  "non-finite loss or gradient): "
+                  + ", ".join(f"{r.label} seed {r.seed} ({r.skipped_updates} skipped)" for r in skipped) + "."]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
     lines += ["", "## What the numbers mean", ""] + [f"- **{k}**: {v}" for k, v in CONVENTIONS.items()]
@@ -309,16 +329,19 @@ def report(root: Path, out: Path, source: str = "summary", plots: bool = True,
     manifest = runs.read_json(root / runs.MANIFEST) or {}
     methods = aggregate(records, resamples, order=[r["method"] for r in manifest.get("runs", [])])
     excluded = [r for r in records if r.problem]
+    averaged = [r for r in records if not r.problem]
     out.mkdir(parents=True, exist_ok=True)
     written = write_plots(out, methods, records) if plots and methods else []
     protocol = protocol_line(records)
     result = {
         "root": str(root), "source": source, "protocol": protocol, "conventions": CONVENTIONS, "methods": methods,
         "excluded": [{"method": r.label, "seed": r.seed, "run": str(r.path), "reason": r.problem} for r in excluded],
+        "skipped_updates": [{"method": r.label, "seed": r.seed, "run": str(r.path), "skipped": r.skipped_updates}
+                            for r in averaged if r.skipped_updates > 0],
     }
     (out / "results.json").write_text(json.dumps(_finite(result), indent=2))
     write_csv(out / "results.csv", methods)
-    (out / "results.md").write_text(markdown(root, source, methods, excluded, protocol, written))
+    (out / "results.md").write_text(markdown(root, source, methods, excluded, protocol, written, averaged))
     return result
 
 
@@ -358,6 +381,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"95% CI [{s['ci_low']:.3f}, {s['ci_high']:.3f}], IQM {s['iqm']:.3f}")
     for entry in result["excluded"]:
         print(f"left out: {entry['method']} seed {entry['seed']}: {entry['reason']}")
+    for entry in result["skipped_updates"]:
+        print(f"averaged with skipped updates: {entry['method']} seed {entry['seed']} ({entry['skipped']} skipped)")
     print(f"written {out / 'results.md'}, results.csv, results.json")
     return 0
 

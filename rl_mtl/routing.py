@@ -214,13 +214,18 @@ class CombinedStep:
         weighting's state (its networks and replay for IGBv2)."""
         return {"combiner": self.combiner.state_dict(), "calls": self.calls,
                 "initial_losses": None if self.initial_losses is None else self.initial_losses.cpu(),
-                "weighting": None if self.weighting is None else self.weighting.state_dict()}
+                "weighting": None if self.weighting is None else self.weighting.state_dict(),
+                # the interval's diagnostics not yet logged, so a resumed run logs the same means
+                "pending": {"sums": dict(self._sums), "counts": dict(self._counts), "vectors": dict(self._vectors)}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
         self.combiner.load_state_dict(state["combiner"])
         self.calls = int(state["calls"])
         self.initial_losses = state["initial_losses"]  # already on the learner's device (torch.load's map_location)
+        pending = state.get("pending") or {"sums": {}, "counts": {}, "vectors": {}}
+        self._sums, self._counts, self._vectors = (dict(pending["sums"]), dict(pending["counts"]),
+                                                   dict(pending["vectors"]))
         if self.weighting is not None:
             if state.get("weighting") is None:
                 raise ValueError("the checkpoint holds no loss-weighting state for this run's weighting")

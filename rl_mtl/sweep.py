@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 from rl_mtl import runs
 from rl_mtl.backends import NEW, Outcome, RunSpec, run_local, run_ray
-from rl_mtl.cli import Parser, fail
+from rl_mtl.cli import Parser, fail, one_line
 from rl_mtl.config import METHOD_ALIASES, METHODS, ConfigError, TrainConfig, build_config, parse_set, presets
 from rl_mtl.train import RESUMABLE
 
@@ -71,7 +71,8 @@ def classify(cfg: TrainConfig, run: Path) -> tuple[str, str]:
                           "use another --out or remove it")
     summary = runs.read_json(run / runs.SUMMARY)
     final_step = summary.get("final_step") if summary else None
-    if final_step == cfg.steps:
+    diverged = summary is not None and summary.get("status") == "diverged"  # retried, never skipped as done
+    if final_step == cfg.steps and not diverged:
         return DONE, ""
     if isinstance(final_step, int) and final_step > cfg.steps:
         return CONFLICT, f"{run} was trained to {final_step} steps, more than --steps {cfg.steps}"
@@ -236,7 +237,28 @@ def make_plan(args: argparse.Namespace) -> tuple[Path, list[Planned], int, int]:
     return out, plan, workers, threads
 
 
+#: ``rl_mtl.train``'s exit status when a run stopped on non-finite losses or gradients (checkpointed)
+DIVERGED_EXIT = 3
+
+
+def diverged_message(run: Path) -> str:
+    """``diverged at step N: <reason>`` from a run's summary.json (written when the trainer stops on divergence)."""
+    summary = runs.read_json(run / runs.SUMMARY) or {}
+    if summary.get("status") != "diverged":
+        return f"diverged (exit {DIVERGED_EXIT})"
+    reason = one_line(summary.get("stop_reason") or "no reason recorded")
+    return f"diverged at step {summary.get('final_step')}: {reason} (exit {DIVERGED_EXIT})"
+
+
+def _annotate(outcome: Outcome) -> None:
+    """A failure with the trainer's divergence status says so (once; the local and Ray backends both report here)."""
+    if (outcome.status == "failed" and outcome.returncode == DIVERGED_EXIT
+            and not outcome.message.startswith("diverged")):
+        outcome.message = diverged_message(outcome.run_dir)
+
+
 def _print_outcome(outcome: Outcome) -> None:
+    _annotate(outcome)
     line = f"{outcome.method} seed{outcome.seed}: {outcome.status}"
     if outcome.seconds:
         line += f" after {outcome.seconds:.0f} s"
@@ -288,7 +310,9 @@ def main(argv: Sequence[str] | None = None) -> int:
           + f"; report with: python -m rl_mtl.report {out}", flush=True)
     for outcome in outcomes:
         if outcome.status == "failed":
-            print(f"FAILED {outcome.method} seed{outcome.seed}: log {outcome.run_dir / runs.LOG}", flush=True)
+            _annotate(outcome)
+            what = f"{outcome.message}; " if outcome.returncode == DIVERGED_EXIT else ""
+            print(f"FAILED {outcome.method} seed{outcome.seed}: {what}log {outcome.run_dir / runs.LOG}", flush=True)
     if final["interrupted"] or final["not started"]:
         return 130
     return 1 if final["failed"] or final["conflict"] or final["locked"] else 0

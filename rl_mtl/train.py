@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 from rl_mtl import checkpoint
-from rl_mtl.cli import Parser, fail
+from rl_mtl.cli import Parser, error, fail
 from rl_mtl.config import (
     METHODS,
     WEIGHTING_METHODS,
@@ -70,7 +69,12 @@ def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {k: getattr(args, k) for k in flags if getattr(args, k) is not None}
     if args.save_replay:
         out["save_replay"] = True
-    out.update(parse_set(args.set))
+    settings = parse_set(args.set)
+    twice = [k for k in settings if k in out]
+    if twice:  # --steps 10 --set steps=20: one would win silently
+        flag = "--save-replay" if twice[0] == "save_replay" else f"--{twice[0]}"
+        raise ConfigError(f"--set {twice[0]}", f"given twice (also as {flag}); keep one")
+    out.update(settings)
     return out
 
 
@@ -94,19 +98,68 @@ def resolve(args: argparse.Namespace) -> tuple[TrainConfig, Path]:
         run_dir = Path(args.logdir)
     else:
         run_dir = default_run_dir(build_config(args.config, overrides))
-    saved = load_config_file(run_dir / "config.yaml")
+    path = run_dir / "config.yaml"
+    saved = load_config_file(path)
+    recorded = checkpoint_config(run_dir / "checkpoints" / checkpoint.CHECKPOINT_NAME)
+    try:
+        old = saved_config(path, saved)
+    except ConfigError:
+        check_against_checkpoint(path, saved, None, recorded)  # a deleted option is the likelier cause: name it
+        raise
     cfg = build_config(base=saved, overrides=overrides)
-    old = build_config(base=saved)
     changed = [n for n in field_names() if n != "preset" and getattr(cfg, n) != getattr(old, n)]
     frozen = [n for n in changed if n not in RESUMABLE]
     if frozen:
         raise ConfigError(f"--set {frozen[0]}" if frozen[0] not in ("env", "method", "seed") else f"--{frozen[0]}",
                           f"cannot change '{frozen[0]}' when resuming (only {', '.join(sorted(RESUMABLE))})")
+    check_against_checkpoint(path, saved, old, recorded)
     return cfg, run_dir
 
 
+def checkpoint_config(ckpt: Path) -> dict[str, Any]:
+    """The config a checkpoint was trained with (``TrainConfig.to_dict()``, saved with it)."""
+    recorded = checkpoint.load(ckpt, map_location="cpu").get("config")
+    if not isinstance(recorded, dict):
+        raise checkpoint.CheckpointError(f"checkpoint file {ckpt} records no config")
+    return recorded
+
+
+def saved_config(path: Path, saved: dict[str, Any]) -> TrainConfig:
+    """The config a run directory's ``config.yaml`` holds; a bad value is reported against that file (the user
+    edited it), not against a ``--set`` flag nobody passed."""
+    try:
+        return build_config(base=saved)
+    except ConfigError as exc:
+        flag = exc.flag.removeprefix("--set ").removeprefix("--")
+        raise ConfigError("--resume", f"{path}: {flag}: {str(exc).split(': ', 1)[1]}") from None
+
+
+def check_against_checkpoint(path: Path, saved: dict[str, Any], cfg: TrainConfig | None,
+                             recorded: dict[str, Any]) -> None:
+    """Refuse a ``config.yaml`` that no longer records what the checkpoint was trained with: an option edited or
+    deleted (a deleted one would fall back to the code's default), unless it is one a resume may change.
+
+    ``cfg`` is what ``config.yaml`` resolves to (``None`` when it does not validate: only deletions are checked).
+    Options the checkpoint does not record (added to the code after it was written) are not compared.
+    """
+    current = cfg.to_dict() if cfg is not None else {}
+    differs = []
+    for name in field_names():
+        if name == "preset" or name in RESUMABLE or name not in recorded:
+            continue
+        if name not in saved:
+            differs.append(f"{name} (missing; checkpoint: {recorded[name]!r})")
+        elif cfg is not None and current[name] != recorded[name]:
+            differs.append(f"{name} ({current[name]!r}; checkpoint: {recorded[name]!r})")
+    if differs:
+        raise ConfigError("--resume", f"{path} differs from the checkpoint in {', '.join(differs)} (only "
+                                      f"{', '.join(sorted(RESUMABLE))} may change on resume); restore the "
+                                      "checkpoint's values or start a new run in another --logdir")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the process exit status."""
+    """Entry point; returns the process exit status: 0 finished, 1 a rollout worker failed, 2 bad input (raised as
+    ``SystemExit``), 3 diverged (non-finite losses or gradients), 130 interrupted."""
     args = build_parser().parse_args(argv)
     try:
         cfg, run_dir = resolve(args)
@@ -122,13 +175,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if not isinstance(exc, WorkerError):
             raise
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        error(PROG, str(exc))
         return 1
     result = trainer.run()
     if result.get("interrupted"):
         return 130
+    if result.get("diverged"):  # non-finite losses or gradients: checkpointed, summary.json says where and why
+        error(PROG, result["error"])
+        return 3
     if result.get("failed"):
-        print(f"{PROG}: error: {result['error']}", file=sys.stderr)
+        error(PROG, result["error"])
         return 1
     print(f"final eval success {result['mean']:.3f} ({run_dir / 'summary.json'})")
     return 0

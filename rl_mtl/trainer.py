@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,7 @@ class Trainer:
             torch.set_num_threads(cfg.torch_threads)
         seed_everything(cfg.seed)
         self.ckpt_path = self.run_dir / "checkpoints" / checkpoint.CHECKPOINT_NAME
+        checkpoint.remove_stale_temporaries(self.ckpt_path.parent)
         state = checkpoint.load(self.ckpt_path, map_location=self.device) if resume else None
 
         self._owns_env = env is None
@@ -74,7 +76,8 @@ class Trainer:
         self.transfer = StepTransfer(self.num_tasks, self.env.obs_dim, self.env.action_dim, self.device)
         # the critic and actor losses reach their optimisers through the method's combiner (DESIGN §1)
         self.combined = build_steps(cfg.method, cfg.combiner, cfg.combine, cfg.diag_every, cfg.seed,
-                                    cfg.weighting, cfg.weighting_opts, cfg.weighted)
+                                    cfg.weighting, cfg.weighting_opts, cfg.weighted,
+                                    combine_params=cfg.combine_params)
         self.agent.reducers.update(self.combined)
         # what a loss weighting may condition on (IGBv2's state): recent training success per task, progress t/T
         self.task_success = np.zeros(self.num_tasks)
@@ -89,11 +92,19 @@ class Trainer:
         self.step = 0
         self.updates_from = cfg.warmup_steps  # the loop step from which updates run
         self.evals: list[dict[str, Any]] = []
+        self.obs: np.ndarray | None = None  # what the envs show now (to act on next); None: reset them first
+        self.skipped_updates = 0  # updates with at least one optimiser step skipped (non-finite loss or gradient)
+        self._consecutive_skips = 0
         if state is not None:
             self._restore(state)
+            self.policy.refresh()  # the acting copy (CUDA) must act with the restored actor, not the initial one
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.run_dir / "config.yaml")
         self.logger = Logger(self.run_dir, self.env.task_names, cfg.steps, start_step=self.step, progress=progress)
+        if state is not None:
+            self.logger.load_state_dict(state.get("logger"))
+            self._write_evals()  # evals.jsonl as of the checkpoint: drops what a killed run wrote after it
+        self._warned = {"skipped": 0, "fallbacks": self._fallbacks()}
         if state is None:
             self.logger.text("config", config_table(cfg))
             # the HParams dashboard filters the runs of a sweep by method and option (tensorboard --logdir <sweep>)
@@ -111,7 +122,9 @@ class Trainer:
         # samples a replay without transition t (one step of data staleness; the acting actor is never stale)
         overlap = cfg.rollout == "async"
         try:
-            obs = self.env.reset(seed=cfg.seed + self.step)
+            if self.obs is None:
+                self.obs = self.env.reset(seed=cfg.seed + self.step)
+            obs = self.obs
             act_obs: torch.Tensor | None = None  # obs on the learner's device, brought by the last step's transfer
             while self.step < cfg.steps and self._stop_signal is None:
                 t0 = time.perf_counter()
@@ -127,6 +140,7 @@ class Trainer:
                 if result.lost is None:  # a step a rollout worker lost holds placeholder rows: not stored
                     self.replay.add(moved.obs, moved.action, moved.reward, moved.next_obs, moved.terminated)
                 obs, act_obs = result.obs, moved.act_obs
+                self.obs = obs
                 self._record_episodes(result)
                 t3 = time.perf_counter()
                 if not overlap:
@@ -148,6 +162,7 @@ class Trainer:
                     if isinstance(self.env, AsyncCollector):
                         self.logger.record("perf/worker_restarts", self.env.restarts)
                     self._record_combiners()
+                    self._warn_unhealthy()
                     out = self.logger.dump(self.step)
                     self.logger.progress(self.step, sps=steps_interval / elapsed,
                                          train_success=out.get("train/success/mean", float("nan")))
@@ -156,8 +171,11 @@ class Trainer:
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
                     self.evaluate()
                     obs, act_obs = self.env.reset(), None
+                    self.obs = obs
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     self.save()
+                if cfg.max_skipped_updates and self._consecutive_skips >= cfg.max_skipped_updates:
+                    return self._stop_diverged()
             if self._stop_signal is not None:
                 self.save()
                 self.logger.message(
@@ -190,8 +208,14 @@ class Trainer:
         if self.step < self.updates_from or len(self.replay) == 0:
             return 0
         for _ in range(self.cfg.updates_per_step):
+            skipped_before = self.agent.skipped_steps
             metrics = self.agent.update(self.replay.sample(self.cfg.batch_size))
             self._record_update(metrics)
+            if self.agent.skipped_steps > skipped_before:  # a non-finite loss or gradient: weights left as they were
+                self.skipped_updates += 1
+                self._consecutive_skips += 1
+            else:
+                self._consecutive_skips = 0
         self.policy.refresh()
         return self.cfg.updates_per_step
 
@@ -238,6 +262,34 @@ class Trainer:
                 for key, vector in vectors.items():
                     self.logger.record_tasks(f"{prefix}/{key}", vector, mean=key != "lambda")
 
+    # ------------------------------------------------------------------ health: skipped updates, fallbacks
+    def _fallbacks(self) -> dict[str, int]:
+        """Combiner fallbacks so far (solver failure or a degenerate Gram → the mean direction), per loss."""
+        return {part: int(step.combiner.fallbacks) for part, step in self.combined.items()}
+
+    def _warn_unhealthy(self) -> None:
+        """A console line for every log interval that skipped updates or fell back in a combiner."""
+        fallbacks = self._fallbacks()
+        skipped = self.skipped_updates - self._warned["skipped"]
+        fell = {p: n - self._warned["fallbacks"].get(p, 0) for p, n in fallbacks.items()}
+        parts = [f"{skipped} update(s) skipped for a non-finite loss or gradient"] if skipped else []
+        parts += [f"{n} {p} combiner fallback(s) to the mean" for p, n in fell.items() if n > 0]
+        if parts:
+            self.logger.message(f"warning: step {self.step}: {'; '.join(parts)} since the last log "
+                                f"({self.skipped_updates} skipped in all)")
+        self._warned = {"skipped": self.skipped_updates, "fallbacks": fallbacks}
+
+    def _stop_diverged(self) -> dict[str, Any]:
+        """``max_skipped_updates`` consecutive skipped updates: checkpoint, record the stop, return the failure."""
+        reason = (f"{self._consecutive_skips} consecutive updates skipped for non-finite losses or gradients "
+                  f"(max_skipped_updates={self.cfg.max_skipped_updates}): the run diverged")
+        self.save()
+        summary = {**self._summary(None), "status": "diverged", "stop_reason": reason}
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        message = (f"stopped at step {self.step}: {reason}; checkpoint saved to {self.ckpt_path} (try a lower "
+                   "learning rate or grad_clip)")
+        return {"diverged": True, "error": message, "step": self.step}
+
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict[str, float]:
         """Deterministic-policy success per task on the evaluation env; logged under ``eval/success/``."""
@@ -250,6 +302,7 @@ class Trainer:
         self.evals.append(record)
         with open(self.run_dir / "evals.jsonl", "a") as handle:
             handle.write(json.dumps(record) + "\n")
+            handle.flush()
         self.logger.progress(self.step, eval_success=result["mean"])
         self.logger.message(f"step {self.step}: eval success {result['mean']:.3f}")
         return result
@@ -264,15 +317,36 @@ class Trainer:
     def _deterministic_policy(self, obs: np.ndarray) -> np.ndarray:
         return self.agent.act(obs, self.task_ids[: len(obs)], deterministic=True)
 
-    def _summary(self, final: dict[str, float]) -> dict[str, Any]:
-        """``summary.json``: the final evaluation (the reported score) and the max over training, labelled."""
+    def _write_evals(self) -> None:
+        """Rewrite ``evals.jsonl`` from the evaluations the trainer holds (on resume: those of the checkpoint)."""
+        path = self.run_dir / "evals.jsonl"
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(json.dumps(record) + "\n" for record in self.evals))
+        tmp.replace(path)
+
+    def _summary(self, final: dict[str, float] | None) -> dict[str, Any]:
+        """``summary.json``: the final evaluation (the reported score), the max over training (labelled), and the
+        run's health: skipped updates and combiner fallbacks."""
         best = max(self.evals, key=lambda e: e["mean"]) if self.evals else {"mean": float("nan"), "step": -1}
-        return {"final": final, "final_step": self.step, "max_over_training": best["mean"],
-                "max_over_training_step": best["step"], "history": self.evals}
+        return {"status": "finished", "final": final, "final_step": self.step, "max_over_training": best["mean"],
+                "max_over_training_step": best["step"], "skipped_updates": self.skipped_updates,
+                "combiner_fallbacks": self._fallbacks(), "history": self.evals}
 
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> None:
-        """Atomically write agent, optimisers, counters, RNG states and config (and the replay if asked)."""
+        """Atomically write everything the next loop step depends on (DESIGN §9): agent, optimisers, combiner and
+        weighting state, counters, every RNG, each environment's exact state and the observation to act on, the
+        logger's unwritten interval sums; and, with ``save_replay``, the replay data in its own file.
+
+        The replay goes to ``replay-<step>.pt`` first and ``last.pt`` names it, so a kill between the two writes
+        leaves the previous, consistent pair; older replay files are removed once ``last.pt`` is in place.
+        """
+        replay_file = None
+        if self.cfg.save_replay:
+            replay_file = checkpoint.replay_name(self.step)
+            replay = {"format_version": checkpoint.FORMAT_VERSION, "step": self.step,
+                      "replay": self.replay.state_dict(include_data=True)}
+            checkpoint.save_atomic(replay, self.ckpt_path.parent / replay_file)
         state = {
             "format_version": checkpoint.FORMAT_VERSION,
             "step": self.step,
@@ -281,15 +355,30 @@ class Trainer:
             "agent": self.agent.full_state_dict(),
             "combined": {part: step.state_dict() for part, step in self.combined.items()},
             "replay": self.replay.state_dict(include_data=False),
+            "replay_file": replay_file,
             "rng": checkpoint.rng_state(),
             "action_rng": self.action_rng.bit_generator.state,
             "evals": self.evals,
             "task_success": self.task_success.copy(),
+            "env": self._env_state(),
+            "obs": None if self.obs is None else np.array(self.obs, copy=True),
+            "logger": self.logger.state_dict(),
+            "skipped_updates": self.skipped_updates,
+            "consecutive_skips": self._consecutive_skips,
         }
-        if self.cfg.save_replay:
-            replay = {"format_version": checkpoint.FORMAT_VERSION, "replay": self.replay.state_dict(include_data=True)}
-            checkpoint.save_atomic(replay, self.ckpt_path.parent / checkpoint.REPLAY_NAME)
         checkpoint.save_atomic(state, self.ckpt_path)
+        checkpoint.remove_replays(self.ckpt_path.parent, keep=replay_file)
+
+    def _env_state(self) -> list[Any] | None:
+        """Every task env's exact state, or None where the envs cannot be snapshot (gymnasium's AsyncVectorEnv)."""
+        try:
+            return self.env.get_state()
+        except RuntimeError as exc:
+            if not getattr(self, "_env_state_warned", False):
+                self.logger.message(f"warning: checkpoints hold no env state ({exc}); a resumed run starts new "
+                                    "episodes")
+                self._env_state_warned = True
+            return None
 
     def _restore(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint; without saved replay data, refill with the restored policy first."""
@@ -304,15 +393,42 @@ class Trainer:
             checkpoint.set_rng_state(state["rng"])
             self.action_rng.bit_generator.state = state["action_rng"]
             self.task_success[:] = state.get("task_success", 0.0)
+            self.skipped_updates = int(state.get("skipped_updates", 0))
+            self._consecutive_skips = int(state.get("consecutive_skips", 0))
+            if state.get("env") is not None and state.get("obs") is not None:
+                self.env.set_state(state["env"])
+                self.obs = np.array(state["obs"], dtype=np.float32)
         except (KeyError, RuntimeError, ValueError) as exc:
             raise checkpoint.CheckpointError(
-                f"checkpoint file {self.ckpt_path} does not match this run's config ({exc})") from None
-        replay_path = self.ckpt_path.parent / checkpoint.REPLAY_NAME
-        if replay_path.is_file():
-            self.replay.load_state_dict(checkpoint.load(replay_path, map_location=self.device)["replay"])
+                f"checkpoint file {self.ckpt_path} does not match this run's config "
+                f"({checkpoint.one_line(exc)})") from None
+        if self.obs is None:
+            print(f"warning: {self.ckpt_path} holds no env state; the resumed run starts new episodes",
+                  file=sys.stderr)
+        self._restore_replay(state)
         if len(self.replay) == 0 and self.step < self.cfg.steps:
             # the replay was not saved: collect warmup_steps of fresh data with the restored policy first
             self.updates_from = self.step + self.cfg.warmup_steps
+
+    def _restore_replay(self, state: dict[str, Any]) -> None:
+        """Load the replay file ``last.pt`` names, if it is there and was written at the same step; a missing or
+        mismatched one is dropped with a one-line warning (the run then refills its replay)."""
+        name = state.get("replay_file")
+        if name is None:
+            return
+        path = self.ckpt_path.parent / name
+        problem = None
+        if not path.is_file():
+            problem = "is missing"
+        else:
+            replay = checkpoint.load(path, map_location=self.device)
+            if int(replay.get("step", -1)) != self.step:
+                problem = f"is from step {replay.get('step')}, the checkpoint from step {self.step}"
+            else:
+                self.replay.load_state_dict(replay["replay"])
+        if problem is not None:
+            print(f"warning: replay file {path} {problem}; resuming without it (the replay refills first)",
+                  file=sys.stderr)
 
     def close(self) -> None:
         """Close the environments and the logger."""

@@ -58,6 +58,7 @@ def test_config_roundtrip_through_dict() -> None:
         (["hidden_sizes=0,4"], "--set hidden_sizes"),
         (["unknown_option=1"], "--set"),
         (["no_equals_sign"], "--set"),
+        (["env=mt1:no-such-v3"], "--env"),
     ],
 )
 def test_bad_values_name_the_flag(items: list[str], flag: str) -> None:
@@ -117,3 +118,52 @@ def test_cli_subprocess_has_no_traceback() -> None:
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and "--method" in proc.stderr
+
+
+@pytest.mark.parametrize(("items", "message"), [
+    (["gamma=0.9", "gamma=0.95"], "--set gamma: given twice (gamma=0.9 and gamma=0.95); keep one"),
+    (["combiner.c=0.5", "combiner.c=0.6"], "--set combiner.c: given twice (combiner.c=0.5 and combiner.c=0.6)"),
+    (["weighting.hold=5", "weighting.hold=5"], "--set weighting.hold: given twice"),
+])
+def test_set_key_given_twice(items: list[str], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_set(items)
+    assert str(info.value).startswith(message)
+
+
+#: a run small enough that the old behaviour (the input accepted) ends in seconds instead of training MT10
+TINY_RUN = ["--env", "mt1:reach-v3", "--config", "mt10_cpu", "--steps", "5", "--set", "batch_size=16",
+            "--set", "hidden_sizes=16,16", "--set", "warmup_steps=10", "--set", "eval_episodes=1",
+            "--set", "max_episode_steps=20", "--set", "torch_threads=1", "--no-progress"]
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["--set", "gamma=0.9", "--set", "gamma=0.95"], "--set gamma: given twice (gamma=0.9 and gamma=0.95)"),
+    (["--method", "cagrad", "--set", "combiner.c=0.5", "--set", "combiner.c=0.6"],
+     "--set combiner.c: given twice (combiner.c=0.5 and combiner.c=0.6)"),
+    (["--seed", "1", "--set", "seed=2"], "--set seed: given twice (also as --seed)"),
+    (["--env", "mt1:no-such-v3"], "--env: unknown MT1 task 'no-such-v3'; Meta-World has 50, e.g. reach-v3, "),
+])
+def test_cli_ambiguous_or_unknown_input_exit_2(argv: list[str], expected: str, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([*TINY_RUN, *argv, "--logdir", str(tmp_path / "run")])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_yaml_problem_is_one_line(tmp_path: Path) -> None:
+    from rl_mtl.config import load_config_file
+
+    path = tmp_path / "config.yaml"
+    path.write_text("gamma: 0.99\nhidden_sizes: [16, 16\ntau: 0.005\n")
+    with pytest.raises(ConfigError) as info:
+        load_config_file(path)
+    assert str(info.value) == (f"--resume: cannot read {path}: YAML syntax error: expected ',' or ']', but got "
+                               "':' at line 3, column 4 (while parsing a flow sequence at line 2, column 15)")
+    path.write_text("gamma: 0.99\n  tau: 0.005: 1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config_file(path)
+    assert str(info.value).endswith("YAML syntax error: mapping values are not allowed here at line 2, column 6")

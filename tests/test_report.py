@@ -207,3 +207,55 @@ def test_report_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
         assert info.value.code == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1
+
+
+def _patch_summary(path: Path, **fields: object) -> None:
+    summary = json.loads((path / "summary.json").read_text())
+    summary.update(fields)
+    (path / "summary.json").write_text(json.dumps(summary))
+
+
+def test_report_diverged_and_skipped_updates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A diverged run (summary status "diverged", no final score) is left out with where and why it stopped, also
+    when it stopped at the last step; a finished run that skipped updates is averaged and named."""
+    root = tmp_path / "sweep"
+    for seed in range(3):
+        make_run(root, "mtsac", seed, [0.5, 0.5])
+    _patch_summary(runs.run_dir(root, "mtsac", 1), status="finished", skipped_updates=4,
+                   combiner_fallbacks={"critic": 0, "actor": 1})
+    early = make_run(root, "mtsac", 3, [0.0, 0.0])
+    _patch_summary(early, status="diverged", final=None, final_step=25, skipped_updates=100,
+                   stop_reason="100 consecutive updates skipped (critic loss non-finite)")
+    runs.write_status(early, "failed", 3, 3.0, "new")
+    late = make_run(root, "mtsac", 4, [0.0, 0.0])
+    _patch_summary(late, status="diverged", final=None, final_step=40, stop_reason="actor loss\nnon-finite")
+    assert main([str(root), "--no-plots"]) == 0
+    result = json.loads((root / "results.json").read_text())
+    assert result["methods"]["mtsac"]["seeds"] == [0, 1, 2]
+    assert result["methods"]["mtsac"]["per_seed"]["1"]["skipped_updates"] == 4
+    reasons = {(e["method"], e["seed"]): e["reason"] for e in result["excluded"]}
+    assert reasons == {("mtsac", 3): "diverged at step 25: 100 consecutive updates skipped (critic loss non-finite)",
+                       ("mtsac", 4): "diverged at step 40: actor loss non-finite"}
+    assert [(e["seed"], e["skipped"]) for e in result["skipped_updates"]] == [(1, 4)]
+    md = (root / "results.md").read_text()
+    assert "| mtsac | 3 | 50.0 ± 0.0 |" in md
+    assert f"| mtsac | 3 | {early} | diverged at step 25: 100 consecutive updates skipped" in md
+    assert "Runs with skipped updates (averaged;" in md and "mtsac seed 1 (4 skipped)" in md
+    out = capsys.readouterr().out
+    assert "averaged with skipped updates: mtsac seed 1 (4 skipped)" in out
+
+
+def test_report_workers_average_rollout_is_a_protocol(tmp_path: Path) -> None:
+    """The worker count changes no transition: seeds with different counts are averaged. ``rollout=async`` sees
+    data one step stale: such a seed is left out of a sync majority, with that reason."""
+    root = tmp_path / "sweep"
+    make_run(root, "mtsac", 0, [0.5, 0.5])
+    make_run(root, "mtsac", 1, [0.5, 0.5], workers=3)
+    make_run(root, "mtsac", 2, [0.5, 0.5], workers=2)
+    make_run(root, "mtsac", 3, [0.5, 0.5], rollout="async", workers=2)
+    assert main([str(root), "--no-plots"]) == 0
+    result = json.loads((root / "results.json").read_text())
+    assert result["methods"]["mtsac"]["seeds"] == [0, 1, 2]
+    assert [e["reason"] for e in result["excluded"]] == [
+        "different config: rollout=async differs from the other seeds' rollout=sync: async updates see data one "
+        "step stale, a different protocol"]

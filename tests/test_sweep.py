@@ -77,6 +77,8 @@ def test_plan_workers(args: tuple, expected: tuple[int, int]) -> None:
     (["--seeds", "0"], "--seeds: must be an integer >= 1"),
     (["--set", "batch_size=7"], "--set batch_size: must be a multiple"),
     (["--backend", "slurm"], "--backend"),
+    (["--env", "mt1:no-such-v3"], "--env: unknown MT1 task 'no-such-v3'"),
+    (["--set", "gamma=0.9", "--set", "gamma=0.95"], "--set gamma: given twice"),
 ])
 def test_bad_input_is_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
@@ -214,3 +216,41 @@ def test_a_run_locked_by_another_process_is_not_started(tmp_path: Path) -> None:
     outcome = run_local([spec], workers=1, report=lambda outcome: None)[0]
     assert (outcome.status, outcome.returncode) == ("failed", 3)
     assert json.loads((run / runs.STATUS).read_text())["status"] == "failed"
+
+
+def diverged_summary(run: Path, step: int) -> None:
+    """summary.json as the trainer leaves a run it stopped on non-finite losses."""
+    (run / "summary.json").write_text(json.dumps({
+        "status": "diverged", "final": None, "final_step": step, "skipped_updates": 100,
+        "stop_reason": "100 consecutive updates skipped (critic loss non-finite)"}))
+
+
+def test_diverged_run_is_not_done(tmp_path: Path) -> None:
+    """A run that diverged at its very last step is not finished: a re-run retries it from its checkpoint."""
+    run = saved_run(tmp_path, checkpoint=True)
+    diverged_summary(run, 40)
+    assert sweep.classify(cfg_for(40), run) == (sweep.RESUME, "")
+
+
+def test_diverged_exit_is_reported_as_failed_diverged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """Exit status 3 of a training (diverged) is a failure whose message says where and why it diverged."""
+    from rl_mtl.backends import Outcome
+
+    def fake_run_local(specs, workers, report):  # type: ignore[no-untyped-def]
+        outcomes = []
+        for spec in specs:
+            spec.run_dir.mkdir(parents=True, exist_ok=True)
+            diverged_summary(spec.run_dir, 25)
+            outcomes.append(Outcome(spec.method, spec.seed, spec.run_dir, "failed", 3, 1.0,
+                                    "exit 3: python -m rl_mtl.train: error: ..."))
+            report(outcomes[-1])
+        return outcomes
+
+    monkeypatch.setattr(sweep, "run_local", fake_run_local)
+    out = tmp_path / "sweep"
+    assert sweep.main([*TINY, "--methods", "mtsac", "--seeds", "1", "--out", str(out)]) == 1
+    printed = capsys.readouterr().out
+    reason = "diverged at step 25: 100 consecutive updates skipped (critic loss non-finite) (exit 3)"
+    assert f"mtsac seed0: failed after 1 s ({reason}); log: " in printed
+    assert f"FAILED mtsac seed0: {reason}; log {out}/mtsac/seed0/train.log" in printed
