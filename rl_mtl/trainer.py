@@ -182,7 +182,10 @@ class Trainer:
                     f"interrupted by signal {self._stop_signal} at step {self.step}; checkpoint saved to "
                     f"{self.ckpt_path}; continue with --resume --logdir {self.run_dir}")
                 return {"interrupted": True, "step": self.step}
+            evaluated = not (self.evals and self.evals[-1]["step"] == self.step)
             final = self._final_evaluation()
+            if evaluated:  # the evaluation cut the episodes: a run extended later starts new ones, as after any
+                self.obs = self.env.reset()  # periodic evaluation
             self.save()
             (self.run_dir / "summary.json").write_text(json.dumps(self._summary(final), indent=2))
             return final
