@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from rl_mtl import runs, stats
-from rl_mtl.cli import Parser, fail, one_line
+from rl_mtl.cli import Parser, fail
 from rl_mtl.config import TrainConfig
 
 PROG = "python -m rl_mtl.report"
@@ -90,9 +90,9 @@ def load_run(root: Path, path: Path, source: str) -> Run:
     if summary is None:
         run.problem = failed or f"unfinished (no {runs.SUMMARY}; last status: {status.get('status', 'unknown')})"
         return run
-    if summary.get("status") == "diverged":
-        reason = one_line(summary.get("stop_reason") or "no reason recorded")
-        run.problem = f"diverged at step {summary.get('final_step')}: {reason}"
+    diverged = runs.diverged_reason(summary)
+    if diverged is not None:
+        run.problem = diverged
         return run
     if summary.get("final_step") != cfg.steps:
         run.problem = (f"unfinished (trained to {summary.get('final_step')} of {cfg.steps} steps)"

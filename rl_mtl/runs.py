@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rl_mtl.cli import one_line
+
 if TYPE_CHECKING:
     from rl_mtl.config import TrainConfig
 
@@ -25,6 +27,8 @@ CONFIG = "config.yaml"
 EVAL = "eval.json"
 #: ``rl_mtl.checkpoint.CHECKPOINT_NAME`` under ``checkpoints/`` (checked in the tests; that module imports torch)
 CHECKPOINT = "checkpoints/last.pt"
+#: ``rl_mtl.train``'s exit status when a run stopped on non-finite losses or gradients (checkpointed)
+DIVERGED_EXIT = 3
 
 
 def run_dir(root: Path, method: str, seed: int) -> Path:
@@ -65,6 +69,14 @@ def read_config(run: Path) -> TrainConfig | None:
         return build_config(base=load_config_file(path))
     except ValueError:
         return None
+
+
+def diverged_reason(summary: dict[str, Any] | None) -> str | None:
+    """``diverged at step N: <reason>`` when a run's summary says it stopped on divergence, else None."""
+    if summary is None or summary.get("status") != "diverged":
+        return None
+    reason = one_line(summary.get("stop_reason") or "no reason recorded")
+    return f"diverged at step {summary.get('final_step')}: {reason}"
 
 
 def write_status(run: Path, status: str, returncode: int | None, seconds: float, action: str) -> None:

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 from rl_mtl import runs
 from rl_mtl.backends import NEW, Outcome, RunSpec, run_local, run_ray
-from rl_mtl.cli import Parser, fail, one_line
+from rl_mtl.cli import Parser, fail
 from rl_mtl.config import METHOD_ALIASES, METHODS, ConfigError, TrainConfig, build_config, parse_set, presets
 from rl_mtl.train import RESUMABLE
 
@@ -71,7 +71,7 @@ def classify(cfg: TrainConfig, run: Path) -> tuple[str, str]:
                           "use another --out or remove it")
     summary = runs.read_json(run / runs.SUMMARY)
     final_step = summary.get("final_step") if summary else None
-    diverged = summary is not None and summary.get("status") == "diverged"  # retried, never skipped as done
+    diverged = runs.diverged_reason(summary) is not None  # retried, never skipped as done
     if final_step == cfg.steps and not diverged:
         return DONE, ""
     if isinstance(final_step, int) and final_step > cfg.steps:
@@ -237,22 +237,16 @@ def make_plan(args: argparse.Namespace) -> tuple[Path, list[Planned], int, int]:
     return out, plan, workers, threads
 
 
-#: ``rl_mtl.train``'s exit status when a run stopped on non-finite losses or gradients (checkpointed)
-DIVERGED_EXIT = 3
-
-
 def diverged_message(run: Path) -> str:
-    """``diverged at step N: <reason>`` from a run's summary.json (written when the trainer stops on divergence)."""
-    summary = runs.read_json(run / runs.SUMMARY) or {}
-    if summary.get("status") != "diverged":
-        return f"diverged (exit {DIVERGED_EXIT})"
-    reason = one_line(summary.get("stop_reason") or "no reason recorded")
-    return f"diverged at step {summary.get('final_step')}: {reason} (exit {DIVERGED_EXIT})"
+    """``diverged at step N: <reason> (exit 3)`` from a run's summary.json (written when the trainer stops on
+    divergence)."""
+    reason = runs.diverged_reason(runs.read_json(run / runs.SUMMARY)) or "diverged"
+    return f"{reason} (exit {runs.DIVERGED_EXIT})"
 
 
 def _annotate(outcome: Outcome) -> None:
     """A failure with the trainer's divergence status says so (once; the local and Ray backends both report here)."""
-    if (outcome.status == "failed" and outcome.returncode == DIVERGED_EXIT
+    if (outcome.status == "failed" and outcome.returncode == runs.DIVERGED_EXIT
             and not outcome.message.startswith("diverged")):
         outcome.message = diverged_message(outcome.run_dir)
 
@@ -311,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for outcome in outcomes:
         if outcome.status == "failed":
             _annotate(outcome)
-            what = f"{outcome.message}; " if outcome.returncode == DIVERGED_EXIT else ""
+            what = f"{outcome.message}; " if outcome.returncode == runs.DIVERGED_EXIT else ""
             print(f"FAILED {outcome.method} seed{outcome.seed}: {what}log {outcome.run_dir / runs.LOG}", flush=True)
     if final["interrupted"] or final["not started"]:
         return 130

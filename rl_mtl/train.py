@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from rl_mtl import checkpoint
+from rl_mtl import checkpoint, runs
 from rl_mtl.cli import Parser, error, fail
 from rl_mtl.config import (
     METHODS,
@@ -182,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     if result.get("diverged"):  # non-finite losses or gradients: checkpointed, summary.json says where and why
         error(PROG, result["error"])
-        return 3
+        return runs.DIVERGED_EXIT
     if result.get("failed"):
         error(PROG, result["error"])
         return 1
