@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from rl_mtl.cli import one_line
+
 CHECKPOINT_NAME = "last.pt"
 #: replay data of the checkpoint at a step: ``replay-<step>.pt`` (``last.pt`` names the one that belongs to it)
 REPLAY_PATTERN = "replay-*.pt"
@@ -60,9 +62,9 @@ def remove_stale_temporaries(directory: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def one_line(exc: BaseException, limit: int = 300) -> str:
+def short_message(exc: BaseException, limit: int = 300) -> str:
     """An exception's message on one line (torch's state-dict mismatches span dozens), cut to ``limit`` chars."""
-    text = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    text = one_line(exc)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

@@ -22,7 +22,7 @@ from agents.mtsac import MTSAC
 from agents.replay import MultiTaskReplay
 from envs.metaworld import MultiTaskEnv
 from envs.rollout import AsyncCollector, WorkerError, make_rollout_env
-from rl_mtl import checkpoint
+from rl_mtl import checkpoint, runs
 from rl_mtl.acting import ActingPolicy
 from rl_mtl.agent_setup import resolve_device, sac_config
 from rl_mtl.config import TrainConfig, config_table, save_config
@@ -95,6 +95,7 @@ class Trainer:
         self.obs: np.ndarray | None = None  # what the envs show now (to act on next); None: reset them first
         self.skipped_updates = 0  # updates with at least one optimiser step skipped (non-finite loss or gradient)
         self._consecutive_skips = 0
+        self._env_state_warned = False  # checkpoints without env state are announced once
         if state is not None:
             self._restore(state)
             self.policy.refresh()  # the acting copy (CUDA) must act with the restored actor, not the initial one
@@ -187,7 +188,7 @@ class Trainer:
             if evaluated:  # the evaluation cut the episodes: a run extended later starts new ones, as after any
                 self.obs = self.env.reset()  # periodic evaluation
             self.save()
-            (self.run_dir / "summary.json").write_text(json.dumps(self._summary(final), indent=2))
+            runs.write_json(self.run_dir / runs.SUMMARY, self._summary(final))
             return final
         except WorkerError as exc:  # a rollout worker failed past its restarts: stop cleanly, resumable
             self.save()
@@ -287,8 +288,8 @@ class Trainer:
         reason = (f"{self._consecutive_skips} consecutive updates skipped for non-finite losses or gradients "
                   f"(max_skipped_updates={self.cfg.max_skipped_updates}): the run diverged")
         self.save()
-        summary = {**self._summary(None), "status": "diverged", "stop_reason": reason}
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        runs.write_json(self.run_dir / runs.SUMMARY, {**self._summary(None), "status": "diverged",
+                                                      "stop_reason": reason})
         message = (f"stopped at step {self.step}: {reason}; checkpoint saved to {self.ckpt_path} (try a lower "
                    "learning rate or grad_clip)")
         return {"diverged": True, "error": message, "step": self.step}
@@ -377,7 +378,7 @@ class Trainer:
         try:
             return self.env.get_state()
         except RuntimeError as exc:
-            if not getattr(self, "_env_state_warned", False):
+            if not self._env_state_warned:
                 self.logger.message(f"warning: checkpoints hold no env state ({exc}); a resumed run starts new "
                                     "episodes")
                 self._env_state_warned = True
@@ -404,7 +405,7 @@ class Trainer:
         except (KeyError, RuntimeError, ValueError) as exc:
             raise checkpoint.CheckpointError(
                 f"checkpoint file {self.ckpt_path} does not match this run's config "
-                f"({checkpoint.one_line(exc)})") from None
+                f"({checkpoint.short_message(exc)})") from None
         if self.obs is None:
             print(f"warning: {self.ckpt_path} holds no env state; the resumed run starts new episodes",
                   file=sys.stderr)

@@ -236,6 +236,7 @@ def test_diverging_run_stops_with_exit_3(tmp_path: Path, capsys: pytest.CaptureF
     assert len(errors) == 1 and "25 consecutive updates skipped" in errors[0] and "Traceback" not in err
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "diverged" and summary["final"] is None and summary["final_step"] == 35
+    assert summary["stop_reason"].startswith("25 consecutive updates skipped")
     assert summary["skipped_updates"] == 25 and summary["combiner_fallbacks"] == {"critic": 0, "actor": 0}
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=False)["step"] == 35
 
@@ -260,3 +261,19 @@ def test_stale_temporaries_are_removed_on_start(tmp_path: Path) -> None:
     trainer = Trainer(_cfg(env="mt1:reach-v3", batch_size=16), tmp_path / "run", progress=False)
     trainer.close()
     assert not list(ckpt_dir.glob(".*.tmp"))
+
+
+def test_mismatched_checkpoint_is_one_short_line(tmp_path: Path) -> None:
+    """A checkpoint whose networks do not fit the config (torch lists every mismatch over many lines) is refused
+    with one line of bounded length naming the file."""
+    run = tmp_path / "run"
+    cfg = _cfg(env="mt1:reach-v3", batch_size=16, eval_every=0, steps=12, save_replay=False)
+    Trainer(cfg, run, progress=False).run()
+    ckpt = run / "checkpoints" / "last.pt"
+    state = torch.load(ckpt, weights_only=False)
+    state["agent"]["modules"] = {k: torch.zeros(3, 3) for k in state["agent"]["modules"]}
+    torch.save(state, ckpt)
+    with pytest.raises(checkpoint.CheckpointError) as info:
+        Trainer(cfg, run, resume=True, progress=False)
+    message = str(info.value)
+    assert str(ckpt) in message and "\n" not in message and len(message) < 300 + len(str(ckpt)) + 80
