@@ -36,9 +36,10 @@ import numpy as np
 _SPEC = mujoco.mjtState.mjSTATE_INTEGRATION
 #: model fields Meta-World changes at a reset (goal and object placement, mocap weld)
 _MODEL_FIELDS = ("body_pos", "body_quat", "site_pos", "site_quat", "eq_data")
-#: attributes that are re-derived, not state (pickling arguments, cached spaces)
-_SKIP = frozenset({"_ezpickle_args", "_ezpickle_kwargs", "_saved_kwargs", "sawyer_observation_space", "spec",
-                   "_cached_spec", "metadata", "_metadata"})
+#: attributes that are not state (pickling arguments, specs) or that travel otherwise: the task-sampling wrapper's
+#: ``tasks`` (its goals) are part of Meta-World's own RNG checkpoint
+_SKIP = frozenset({"_ezpickle_args", "_ezpickle_kwargs", "_saved_kwargs", "spec", "_cached_spec", "metadata",
+                   "_metadata", "tasks"})
 _SCALARS = (type(None), bool, int, float, complex, str, bytes, np.generic)
 
 
@@ -78,7 +79,7 @@ def _drop_cached(obj: Any) -> None:
 
 
 def _chain(env: gym.Env) -> list[Any]:
-    """The wrappers from the outermost inwards, then the unwrapped env."""
+    """The wrappers from the outermost inwards, then the unwrapped env (less layers that hold no env state)."""
     out = [env]
     while isinstance(out[-1], gym.Wrapper):
         out.append(out[-1].env)
