@@ -1,8 +1,8 @@
 """Multi-task SAC: networks, per-task replay and the agent with per-task loss vectors."""
 
-from agents.mtsac import MTSAC, Reducer, SACConfig, TaskLoss, mean_reducer
-from agents.networks import MLP, Actor, MultiHeadLinear, TaskMLP, TwinCritic
-from agents.replay import Batch, MultiTaskReplay
+from rl_mtl.agents.mtsac import MTSAC, Reducer, SACConfig, TaskLoss, mean_reducer
+from rl_mtl.agents.networks import MLP, Actor, MultiHeadLinear, TaskMLP, TwinCritic
+from rl_mtl.agents.replay import Batch, MultiTaskReplay
 
 __all__ = [
     "MLP",

@@ -30,8 +30,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from agents.networks import ARCHS, Actor, TwinCritic, head_parameter_names
-from agents.replay import Batch
+from rl_mtl.agents.networks import ARCHS, Actor, TwinCritic, head_parameter_names
+from rl_mtl.agents.replay import Batch
 
 @dataclass(frozen=True)
 class TaskLoss:

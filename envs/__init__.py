@@ -1,6 +1,6 @@
 """Environment builders: Meta-World MT10 / MT50 / MT1 as one multi-task vector env (one sub-env per task)."""
 
-from envs.metaworld import (
+from rl_mtl.envs.metaworld import (
     ENV_NAMES,
     MultiTaskVectorEnv,
     StepResult,

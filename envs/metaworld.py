@@ -29,7 +29,7 @@ import metaworld
 import numpy as np
 from metaworld.env_dict import ALL_V3_ENVIRONMENTS
 
-from envs import env_state
+from rl_mtl.envs import env_state
 
 #: accepted benchmark names; MT1 takes a task: ``mt1:<task>`` (e.g. ``mt1:reach-v3``)
 ENV_NAMES: tuple[str, ...] = ("mt10", "mt50", "mt1:<task>")

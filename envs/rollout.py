@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.metaworld import (
+from rl_mtl.envs.metaworld import (
     MultiTaskEnv,
     StepResult,
     TaskFactories,
@@ -50,7 +50,7 @@ from envs.metaworld import (
     env_factories,
     make_env,
 )
-from envs.rollout_worker import worker_main
+from rl_mtl.envs.rollout_worker import worker_main
 
 log = logging.getLogger(__name__)
 

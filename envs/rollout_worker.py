@@ -19,7 +19,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from envs.metaworld import MultiTaskVectorEnv
+from rl_mtl.envs.metaworld import MultiTaskVectorEnv
 
 
 class TimedEnv(gym.Wrapper):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from agents.mtsac import SACConfig
+from rl_mtl.agents.mtsac import SACConfig
 from rl_mtl.config import ConfigError, TrainConfig
 
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import os
 import re
 import typing
 from dataclasses import dataclass, field, fields
+from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -20,7 +22,8 @@ import yaml
 
 from rl_mtl import combiners, weighting
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+#: the presets: ``configs/`` of the checkout, installed as package data of ``rl_mtl.configs`` (setup.cfg)
+CONFIG_DIR = Path(str(resources.files("rl_mtl.configs")))
 
 #: ``mtsac`` (plain: the per-task losses are averaged) and every gradient combiner of the registry
 METHODS: tuple[str, ...] = ("mtsac", *(name for name in combiners.names() if name != "mean"))
@@ -248,7 +251,7 @@ def _validate(cfg: TrainConfig) -> None:
 def _check_mt1_task(task: str) -> None:
     """``mt1:<task>`` names a Meta-World v3 task.  Imports metaworld (~1-2 s), so only for ``mt1:`` names and once
     per task name per process."""
-    from envs.metaworld import MT1_TASKS
+    from rl_mtl.envs.metaworld import MT1_TASKS
 
     if task in MT1_TASKS:
         return
@@ -257,7 +260,7 @@ def _check_mt1_task(task: str) -> None:
     examples = [t for t in ("reach-v3", "push-v3", "pick-place-v3", "door-open-v3") if t in MT1_TASKS]
     raise ConfigError("--env", f"unknown MT1 task '{task}'; {hint}Meta-World has {len(MT1_TASKS)}, e.g. "
                                f"{', '.join(examples or MT1_TASKS[:4])}; list them with python -c \"from "
-                               "envs.metaworld import MT1_TASKS; print(*MT1_TASKS)\"")
+                               "rl_mtl.envs.metaworld import MT1_TASKS; print(*MT1_TASKS)\"")
 
 
 def _validate_combiner(cfg: TrainConfig) -> None:
@@ -330,11 +333,30 @@ def presets() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
 
 
+def is_config_path(name: str) -> bool:
+    """Whether ``--config`` names a YAML file (a path) rather than a preset: it ends in ``.yaml``/``.yml`` or
+    holds a path separator."""
+    return name.endswith((".yaml", ".yml")) or "/" in name or os.sep in name
+
+
+def resolve_preset(name: str) -> str:
+    """What a run records as its ``preset``: the preset's name, or the absolute path of a YAML file (so a sweep's
+    runs, started elsewhere, read the same file)."""
+    return str(Path(name).expanduser().resolve()) if is_config_path(name) else name
+
+
 def load_preset(name: str) -> dict[str, Any]:
-    """The overrides of preset ``name`` (``configs/<name>.yaml``), checked for unknown keys."""
+    """The overrides of preset ``name`` (``configs/<name>.yaml``) or of the YAML file ``name`` names, checked for
+    unknown keys; the errors name the file."""
+    if is_config_path(name):
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise ConfigError("--config", f"no such YAML file {path}")
+        return _read_yaml(path, "--config")
     path = CONFIG_DIR / f"{name}.yaml"
     if not path.is_file():
-        raise ConfigError("--config", f"unknown preset '{name}'; known: {', '.join(presets())}")
+        raise ConfigError("--config", f"unknown preset '{name}'; known: {', '.join(presets())} (or the path of a "
+                                      "YAML file, e.g. ./my.yaml)")
     return _read_yaml(path, "--config")
 
 
@@ -443,7 +465,7 @@ def build_config(
         values.update(base)
     elif preset:
         values.update(load_preset(preset))
-        values["preset"] = preset
+        values["preset"] = resolve_preset(preset)
     overrides = dict(overrides or {})
     # combiner options merge key by key (a preset's c survives --set combiner.rescale=...)
     values["combiner"] = {**values.get("combiner", {}), **overrides.pop("combiner", {})}

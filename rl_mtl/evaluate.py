@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.metaworld import MultiTaskEnv, MultiTaskVectorEnv, make_env
+from rl_mtl.envs.metaworld import MultiTaskEnv, MultiTaskVectorEnv, make_env
 
 #: a batched policy: (N, obs_dim) observations, one row per task → (N, action_dim) actions
 Policy = Callable[[np.ndarray], np.ndarray]
@@ -167,7 +167,7 @@ OFFICIAL_EPISODES = 50
 
 def load_agent(checkpoint_file: Path, device: str = "cpu") -> tuple[Any, Any]:
     """The agent and run config stored in a training checkpoint (``runs/<run>/checkpoints/last.pt``)."""
-    from agents.mtsac import MTSAC
+    from rl_mtl.agents.mtsac import MTSAC
     from rl_mtl import checkpoint
     from rl_mtl.config import build_config, num_tasks
     from rl_mtl.agent_setup import resolve_device, sac_config

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
-from agents.mtsac import TaskLoss
+from rl_mtl.agents.mtsac import TaskLoss
 from rl_mtl.combiners import Combiner, make
 from rl_mtl.combiners.diagnostics import pareto_stats
 from rl_mtl.config import split_parts

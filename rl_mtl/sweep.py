@@ -27,7 +27,8 @@ from typing import Any, Sequence
 from rl_mtl import runs
 from rl_mtl.backends import NEW, Outcome, RunSpec, run_local, run_ray
 from rl_mtl.cli import Parser, fail
-from rl_mtl.config import METHOD_ALIASES, METHODS, ConfigError, TrainConfig, build_config, parse_set, presets
+from rl_mtl.config import (METHOD_ALIASES, METHODS, ConfigError, TrainConfig, build_config, is_config_path,
+                           parse_set, presets, resolve_preset)
 from rl_mtl.train import RESUMABLE
 
 PROG = "python -m rl_mtl.sweep"
@@ -183,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "METHOD+WEIGHTING adds a loss weighting (imgrad+igbv2, imgrad+rlw)")
     parser.add_argument("--seeds", type=int, default=10, help="number of seeds (default 10)")
     parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed .. first-seed+seeds-1")
-    parser.add_argument("--config", default="mt10", help=f"preset from configs/: {', '.join(presets())}")
+    parser.add_argument("--config", default="mt10", help=f"a preset ({', '.join(presets())}) or the path of a "
+                        "YAML file of options")
     parser.add_argument("--steps", type=int, help="loop steps per run (default: the preset's)")
     parser.add_argument("--out", help="sweep directory (default: sweeps/<env>_<config>)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
@@ -223,7 +225,8 @@ def make_plan(args: argparse.Namespace) -> tuple[Path, list[Planned], int, int]:
     base = {**overrides, "env": args.env, **({"steps": args.steps} if args.steps else {})}
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     labelled = [(m, _config(args.config, {**base, **label_overrides(m), "seed": s})) for m in methods for s in seeds]
-    out = Path(args.out or Path("sweeps") / f"{args.env.replace(':', '-')}_{args.config}").resolve()
+    config_name = Path(args.config).stem if is_config_path(args.config) else args.config
+    out = Path(args.out or Path("sweeps") / f"{args.env.replace(':', '-')}_{config_name}").resolve()
     states = [classify(cfg, runs.run_dir(out, label, cfg.seed)) for label, cfg in labelled]
     todo = sum(state in (NEW, RESUME) for state, _ in states)
     workers, threads = plan_workers(max(todo, 1), available_cores(), available_memory(), run_memory(labelled[0][1]),
@@ -232,7 +235,7 @@ def make_plan(args: argparse.Namespace) -> tuple[Path, list[Planned], int, int]:
     plan = []
     for (label, cfg), (state, reason) in zip(labelled, states):
         run = runs.run_dir(out, label, cfg.seed)
-        command = train_command(state, run, label, cfg, args.config, set_items)
+        command = train_command(state, run, label, cfg, resolve_preset(args.config), set_items)
         plan.append(Planned(label, cfg, state, reason, RunSpec(label, cfg.seed, run, state, command, threads)))
     return out, plan, workers, threads
 

@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{', '.join(WEIGHTING_METHODS)} = mtsac with that --weighting")
     parser.add_argument("--weighting", help="loss weighting composed with the method: none | "
                         f"{' | '.join(WEIGHTING_METHODS)} (default none)")
-    parser.add_argument("--config", default="mt10", help=f"preset from configs/: {', '.join(presets())}")
+    parser.add_argument("--config", default="mt10", help=f"a preset ({', '.join(presets())}) or the path of a "
+                        "YAML file of options (same keys as a preset)")
     parser.add_argument("--steps", help="loop steps (each steps all K envs once)")
     parser.add_argument("--seed", help="random seed")
     parser.add_argument("--device", help="auto | cpu | cuda")
@@ -171,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except checkpoint.CheckpointError as exc:
         fail(PROG, f"--resume: {exc}")
     except RuntimeError as exc:
-        from envs.rollout import WorkerError  # a rollout worker that could not start: one line, no traceback
+        from rl_mtl.envs.rollout import WorkerError  # a rollout worker that could not start: one line, no traceback
 
         if not isinstance(exc, WorkerError):
             raise

@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.mtsac import MTSAC
-from agents.replay import MultiTaskReplay
-from envs.metaworld import MultiTaskEnv
-from envs.rollout import AsyncCollector, WorkerError, make_rollout_env
+from rl_mtl.agents.mtsac import MTSAC
+from rl_mtl.agents.replay import MultiTaskReplay
+from rl_mtl.envs.metaworld import MultiTaskEnv
+from rl_mtl.envs.rollout import AsyncCollector, WorkerError, make_rollout_env
 from rl_mtl import checkpoint, runs
 from rl_mtl.acting import ActingPolicy
 from rl_mtl.agent_setup import resolve_device, sac_config

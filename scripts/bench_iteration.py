@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from benchutil import agent_and_replay, median, parse_device_args
-from envs.metaworld import MultiTaskEnv, build_vector_env, env_factories
-from envs.rollout import AsyncCollector
+from rl_mtl.envs.metaworld import MultiTaskEnv, build_vector_env, env_factories
+from rl_mtl.envs.rollout import AsyncCollector
 from rl_mtl.acting import ActingPolicy
 from rl_mtl.transfer import StepTransfer
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import torch
 
-from agents.mtsac import TaskLoss
+from rl_mtl.agents.mtsac import TaskLoss
 from benchutil import K, agent_and_replay, median, parse_device_args, update_times
 from rl_mtl.combiners import make
 from rl_mtl.config import build_config

@@ -22,8 +22,8 @@ import time
 
 import torch
 
-from agents.mtsac import MTSAC
-from agents.replay import MultiTaskReplay
+from rl_mtl.agents.mtsac import MTSAC
+from rl_mtl.agents.replay import MultiTaskReplay
 from benchutil import K, agent_and_replay, parse_device_args
 from rl_mtl.routing import build_steps
 from rl_mtl.weighting import Weighting

@@ -9,8 +9,8 @@ import time
 import numpy as np
 import torch
 
-from agents.mtsac import MTSAC
-from agents.replay import MultiTaskReplay
+from rl_mtl.agents.mtsac import MTSAC
+from rl_mtl.agents.replay import MultiTaskReplay
 from rl_mtl.config import build_config
 from rl_mtl.agent_setup import resolve_device, sac_config
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch.func import grad, vmap
 
-from agents import MTSAC, Actor, Batch, MultiTaskReplay, SACConfig, TwinCritic
-from agents.mtsac import TaskLoss
+from rl_mtl.agents import MTSAC, Actor, Batch, MultiTaskReplay, SACConfig, TwinCritic
+from rl_mtl.agents.mtsac import TaskLoss
 
 K, N_PER, OBS, ACT = 3, 8, 5, 2
 HIDDEN = (32, 32)

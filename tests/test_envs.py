@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from metaworld.policies import ENV_POLICY_MAP
 
-from envs import MultiTaskVectorEnv, StepResult, make_env, parse_env_name
+from rl_mtl.envs import MultiTaskVectorEnv, StepResult, make_env, parse_env_name
 
 MT10_TASKS = [
     "reach-v3",

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from metaworld.policies import ENV_POLICY_MAP
 
-from envs import MultiTaskVectorEnv, make_env
+from rl_mtl.envs import MultiTaskVectorEnv, make_env
 from rl_mtl.evaluate import EvaluationResult, evaluate_detailed, evaluate_policy, evaluate_seeds
 
 EPISODES = 3

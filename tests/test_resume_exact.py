@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from envs.metaworld import make_env
+from rl_mtl.envs.metaworld import make_env
 from rl_mtl import checkpoint
 from rl_mtl.config import build_config
 from rl_mtl.train import main

@@ -19,9 +19,9 @@ import pytest
 import torch
 from metaworld.policies import ENV_POLICY_MAP
 
-from agents.networks import Actor
-from envs.metaworld import MultiTaskVectorEnv, StepResult, TaskFactories, build_vector_env, env_factories
-from envs.rollout import AsyncCollector, WorkerError, makespan, plan_shards
+from rl_mtl.agents.networks import Actor
+from rl_mtl.envs.metaworld import MultiTaskVectorEnv, StepResult, TaskFactories, build_vector_env, env_factories
+from rl_mtl.envs.rollout import AsyncCollector, WorkerError, makespan, plan_shards
 from rl_mtl.acting import ActingPolicy
 from rl_mtl.config import build_config
 from rl_mtl.evaluate import evaluate_detailed
@@ -169,7 +169,7 @@ def test_killed_worker_is_restarted_then_the_limit_stops(mt10: TaskFactories, sy
         victim = env._workers[1]
         ids, pid = np.array(victim.ids), victim.process.pid
         os.kill(pid, signal.SIGKILL)
-        with caplog.at_level("WARNING", logger="envs.rollout"):
+        with caplog.at_level("WARNING", logger="rl_mtl.envs.rollout"):
             result = env.step(acts[1])
         expected = sync_env.step(acts[1])
         others = np.setdiff1d(np.arange(10), ids)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from agents import MTSAC, Batch, SACConfig, TaskLoss
+from rl_mtl.agents import MTSAC, Batch, SACConfig, TaskLoss
 from rl_mtl.combiners import make, names
 from rl_mtl.config import METHODS, build_config, parse_set
 from rl_mtl.pertask import gram, per_task_gradients, write_direction
@@ -178,7 +178,7 @@ def test_set_combiner_options_reach_the_combiner() -> None:
 # ---------------------------------------------------------------------- real MT10 training, every method
 @pytest.fixture(scope="module")
 def mt10_env():
-    from envs.metaworld import make_env
+    from rl_mtl.envs.metaworld import make_env
 
     env = make_env("mt10", seed=0, max_episode_steps=20)
     yield env

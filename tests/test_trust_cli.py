@@ -172,8 +172,8 @@ class CrashingBuild:
 
 
 def test_worker_dying_during_its_restart_is_one_more_restart(tmp_path: Path) -> None:
-    from envs.metaworld import env_factories
-    from envs.rollout import AsyncCollector, WorkerError
+    from rl_mtl.envs.metaworld import env_factories
+    from rl_mtl.envs.rollout import AsyncCollector, WorkerError
 
     factories = env_factories("mt1:reach-v3", 0, max_episode_steps=10)
     crashing = CrashingBuild(factories.builders[0], str(tmp_path / "builds"), crash_on=(2,))
@@ -197,8 +197,8 @@ def test_worker_dying_during_its_restart_is_one_more_restart(tmp_path: Path) -> 
 
 
 def test_worker_that_keeps_dying_uses_up_the_restarts(tmp_path: Path) -> None:
-    from envs.metaworld import env_factories
-    from envs.rollout import AsyncCollector, WorkerError
+    from rl_mtl.envs.metaworld import env_factories
+    from rl_mtl.envs.rollout import AsyncCollector, WorkerError
 
     factories = env_factories("mt1:reach-v3", 0, max_episode_steps=10)
     crashing = CrashingBuild(factories.builders[0], str(tmp_path / "builds"), crash_on=(2, 3, 4))

@@ -22,7 +22,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from agents import MTSAC, Batch, SACConfig, TaskLoss
+from rl_mtl.agents import MTSAC, Batch, SACConfig, TaskLoss
 from rl_mtl import combiners, weighting
 from rl_mtl.combiners import Combiner
 from rl_mtl.config import ConfigError, build_config, parse_set
@@ -447,7 +447,7 @@ def test_reach_training_beats_the_untrained_policy(tmp_path: Path) -> None:
     """mt1:reach-v3, plain MTSAC, 20000 loop steps (1000 random), 64×64 networks, batch 128, 150-step episodes,
     seed 0: the trained deterministic policy's success (+0.3) or return (2× + 50) clearly exceeds the untrained
     policy's on the same evaluation goals (10 episodes, eval seed 1).  About 3 CPU-minutes on one thread."""
-    from envs.metaworld import make_env
+    from rl_mtl.envs.metaworld import make_env
     from rl_mtl.agent_setup import sac_config
     from rl_mtl.evaluate import evaluate_detailed
     from rl_mtl.train import main

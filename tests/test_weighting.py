@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from agents.mtsac import TaskLoss
+from rl_mtl.agents.mtsac import TaskLoss
 from rl_mtl import weighting
 from rl_mtl.combiners import make as make_combiner
 from rl_mtl.config import ConfigError, build_config, parse_set

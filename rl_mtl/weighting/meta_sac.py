@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.mtsac import MTSAC, SACConfig
-from agents.replay import MultiTaskReplay
+from rl_mtl.agents.mtsac import MTSAC, SACConfig
+from rl_mtl.agents.replay import MultiTaskReplay
 
 
 class MetaSAC:
