@@ -1,12 +1,13 @@
-"""Put the repository root on sys.path so the tests run without installing the package."""
+"""Shared test fixtures. The tests need the project installed (``pip install -e '.[test]'``): ``agents/`` and
+``envs/`` are importable only as ``rl_mtl.agents`` and ``rl_mtl.envs``, which the install maps (setup.cfg)."""
 
-import sys
-from pathlib import Path
+import importlib.util
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import pytest
+import torch
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+if importlib.util.find_spec("rl_mtl") is None or importlib.util.find_spec("rl_mtl.agents") is None:
+    raise pytest.UsageError("rl_mtl is not installed: run pip install -e '.[test]' first (README, set-up)")
 
 
 @pytest.fixture(autouse=True)
