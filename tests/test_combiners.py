@@ -1,4 +1,4 @@
-"""Property tests over the whole combiner registry, plus method identities (DESIGN §3)."""
+"""Property tests over the whole combiner registry, plus method identities (architecture §3)."""
 
 from __future__ import annotations
 
@@ -69,6 +69,8 @@ def test_loss_only_methods_accept_no_gram(name: str) -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_permutation_equivariance(name: str) -> None:
+    if not getattr(combiners.get_class(name), "symmetric", True):
+        pytest.skip(f"{name} treats the tasks asymmetrically by design (PCD: task 0 is the primary objective)")
     # random-order methods (PCGrad) are only order-free at K = 2 (one other task to project on)
     k = 2 if is_random(name) else 6
     g = random_grads(k, 11)

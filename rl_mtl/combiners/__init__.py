@@ -23,6 +23,17 @@ _REGISTRY: dict[str, str] = {
     "imgrad_nash": "imgrad_nash:IMGradNash",
     "famo": "famo:FAMO",
     "aligned_mtl": "aligned_mtl:AlignedMTL",
+    # TorchJD's Gram-based weightings (optional extra: pip install -e '.[torchjd]'), one adapter file
+    "upgrad": "torchjd_adapter:UPGrad",
+    "dualproj": "torchjd_adapter:DualProj",
+    "imtl_g": "torchjd_adapter:IMTLG",
+    "fairgrad": "torchjd_adapter:FairGrad",
+    "gradvac": "torchjd_adapter:GradVac",
+    "cr_mogm": "torchjd_adapter:CRMOGM",
+    "modo": "torchjd_adapter:MoDo",
+    "sdmgrad": "torchjd_adapter:SDMGrad",
+    "pcd": "torchjd_adapter:PCD",
+    "random_weighting": "torchjd_adapter:RandomWeighting",
 }
 
 
@@ -50,6 +61,12 @@ def hparams(name: str) -> dict[str, Any]:
     }
 
 
+def missing_extra(name: str) -> str:
+    """The install line when combiner ``name`` needs an optional extra that is not installed (TorchJD), else ``""``."""
+    check = getattr(get_class(name), "missing_extra", None)
+    return check() if check is not None else ""
+
+
 def make(name: str, **kwargs: Any) -> Combiner:
     """Build combiner ``name``; an unknown hyperparameter raises ``ValueError`` naming the known ones."""
     known = hparams(name)
@@ -61,4 +78,4 @@ def make(name: str, **kwargs: Any) -> Combiner:
     return get_class(name)(**kwargs)
 
 
-__all__ = ["Combiner", "get_class", "hparams", "make", "names"]
+__all__ = ["Combiner", "get_class", "hparams", "make", "missing_extra", "names"]
