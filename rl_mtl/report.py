@@ -1,14 +1,19 @@
-"""``python -m rl_mtl.report DIR``: aggregate a sweep's runs into tables and plots (DESIGN §8).
+"""``python -m rl_mtl.report DIR``: aggregate a sweep's runs into tables and plots (architecture §8).
 
     python -m rl_mtl.report sweeps/mt10              # final evaluations from each run's summary.json
     python -m rl_mtl.report sweeps/mt10 --source eval  # the re-evaluations of ``rl_mtl.evaluate --sweep``
 
-Writes ``results.md``, ``results.csv``, ``results.json`` and, with matplotlib (the ``plots`` extra), ``curves.png``
-(mean success over training with a bootstrap 95 % CI across seeds) and ``diagnostics.png`` (combiner diagnostics
-over training, when logged). Per method: the final success rate (the reported score) as mean ± SEM, bootstrap CI
-and IQM across seeds; the max over training, labelled as such; success per task. A run that is missing, failed,
-unfinished, diverged or trained with a different config is listed with the reason and left out of every average;
-a finished run that skipped updates (non-finite losses or gradients) is averaged and named in ``results.md``.
+Writes ``results.md``, ``results.csv``, ``results.json`` and, with matplotlib (the ``plots``/``report`` extras),
+``curves.png`` (mean success over training with a bootstrap 95 % CI across seeds, beside the IQM over runs × tasks
+with its stratified CI), ``profiles.png`` (performance profiles), ``intervals.png`` (the aggregates over runs × tasks
+with their CIs) and ``diagnostics.png`` (combiner diagnostics over training, when logged). Per method: the final
+success rate (the reported score) as mean ± SEM, bootstrap CI across seeds; over the (runs × tasks) matrix of final
+success, the statistics of Agarwal et al. (NeurIPS 2021, rliable): IQM, mean, median and optimality gap with
+stratified bootstrap CIs and the probability of improvement over ``--baseline``; the max over training, labelled as
+such; success per task. ``stl`` (single-task SAC, ``<DIR>/stl/seed<k>/<task>/``) is scored per seed as one multi-task
+run. A run that is missing, failed, unfinished, diverged or trained with a different config is listed with the
+reason and left out of every average; a finished run that skipped updates (non-finite losses or gradients) is
+averaged and named in ``results.md``.
 """
 
 from __future__ import annotations
@@ -17,20 +22,23 @@ import collections
 import csv
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
 from rl_mtl import runs, stats
 from rl_mtl.cli import Parser, fail
-from rl_mtl.config import TrainConfig
+from rl_mtl.config import ConfigError, TrainConfig
 
 PROG = "python -m rl_mtl.report"
 #: options that do not change what a run measures (hardware, logging, bookkeeping; the number of rollout workers
 #: changes which process steps an env, never a transition). ``rollout`` is not among them: with ``async`` the update
 #: made during step t samples a replay without transition t (one step stale), a different protocol from ``sync``
 IGNORED = frozenset({"seed", "device", "torch_threads", "preset", "log_every", "checkpoint_every", "save_replay",
-                     "vector_strategy", "diag_every", "workers"})
+                     "vector_strategy", "diag_every", "workers", "compile"})
 #: options that make a method what it is: they may differ between methods, not between seeds of one method
 METHOD_FIELDS = frozenset({"method", "combiner", "combine", "weighting", "weighting_opts", "weighted"})
 #: combiner diagnostics plotted over training when a run logged them (metrics.csv keys)
@@ -40,16 +48,53 @@ DIAGNOSTICS = (
     ("combiner/critic/pareto_failure_rate", "critic Pareto-failure rate"),
     ("combiner/actor/pareto_failure_rate", "actor Pareto-failure rate"),
 )
-CONVENTIONS = {
-    "score": "success rate: fraction of evaluation episodes (deterministic policy) that reached success at any "
-             "step, averaged over the tasks; in % in results.md, a fraction in results.csv and results.json",
-    "final": "the evaluation at the end of training (the reported score)",
-    "max_over_training": "the best evaluation during training (optimistic; the published tables use it)",
-    "sem": "standard error of the mean across seeds: sample standard deviation (ddof=1) / sqrt(n); undefined for n < 2 (– in results.md, null in JSON)",
-    "ci": f"{stats.CONFIDENCE:.0%} percentile bootstrap CI of the mean across seeds (scipy.stats.bootstrap, "
-          f"{stats.RESAMPLES} resamples, seeded); undefined for n < 2, collapsed to the score when all seeds tie",
-    "iqm": "interquartile mean across seeds: scipy.stats.trim_mean(x, 0.25), floor(n/4) seeds cut at each end",
-}
+#: the label of single-task SAC: one ``mt1:<task>`` run per task, ``<root>/stl/seed<k>/<task>/`` (rl_mtl.sweep)
+STL = "stl"
+_SEED_DIR = re.compile(r"seed(\d+)")
+#: the benchmarks an stl seed can stand for
+STL_BENCHMARKS = ("mt10", "mt50")
+#: the method P(X > Y) is taken against when ``--baseline`` is not given (when it has averaged runs)
+DEFAULT_BASELINE = "mtsac"
+#: ``results.json``'s names of the aggregates over runs × tasks, and how results.md titles them
+AGGREGATE_TITLES = {"iqm": "IQM", "mean": "mean", "median": "median", "optimality_gap": "optimality gap"}
+def conventions(resamples: int = stats.RESAMPLES, backend: str = "numpy",
+                baseline: str | None = None) -> dict[str, str]:
+    """What every number means, written into results.md and results.json."""
+    ci = f"{stats.CONFIDENCE:.0%} percentile"
+    engine = ("rliable's metrics and library (--stats rliable)" if backend == "rliable"
+              else "rl_mtl.stats (NumPy; rliable's definitions, cross-checked against rliable in the tests)")
+    return {
+        "score": "success rate: fraction of evaluation episodes (deterministic policy) that reached success at any "
+                 "step, averaged over the tasks; in % in results.md, a fraction in results.csv and results.json",
+        "final": "the evaluation at the end of training (the reported score)",
+        "max_over_training": "the best evaluation during training (optimistic; the published tables use it)",
+        "sem": "standard error of the mean across seeds: sample standard deviation (ddof=1) / sqrt(n); undefined "
+               "for n < 2 (– in results.md, null in JSON)",
+        "ci": f"{ci} bootstrap CI of the mean across seeds (scipy.stats.bootstrap, {resamples} resamples, seeded); "
+              "undefined for n < 2, collapsed to the score when all seeds tie",
+        "iqm": f"IQM of the seed means (seed-level tables): scipy.stats.trim_mean(x, 0.25), floor(n/4) seeds cut at "
+               f"each end; undefined below {stats.IQM_MIN_SEEDS} seeds, where it would cut nothing and be the mean",
+        "rliable": "over the (runs × tasks) matrix of final success per method (Agarwal et al., NeurIPS 2021): iqm = "
+                   "25%-trimmed mean of the N·M pooled scores; mean; median = median over tasks of the per-task mean "
+                   "over runs; optimality_gap = 1 − mean(min(x, 1)); each with a "
+                   f"{ci} CI of the stratified bootstrap (runs resampled with replacement within each task, tasks "
+                   f"kept; {resamples} resamples, seed 0), undefined for one run; computed by {engine}",
+        "poi": f"probability of improvement P(X > {baseline or 'baseline'}) (--baseline): per task the probability "
+               "that a run of X scores above a run of the baseline, ties counting 1/2 (Mann–Whitney U / (N·K)), "
+               "averaged over the tasks; CI: both methods' runs resampled independently, stratified by task; null "
+               "for the baseline itself and without a baseline",
+        "profile": "performance profile (profiles.png): the fraction of (run, task) final scores above τ, with its "
+                   "pointwise stratified-bootstrap CI",
+        "iqm_curve": "IQM over runs × tasks at each evaluation step every run of the method shares (curves.png, "
+                     "right), stratified-bootstrap CI of 2000 resamples",
+        STL: "single-task SAC: for each seed one mt1:<task> run per task of the benchmark (<sweep>/stl/seed<k>/"
+             "<task>/), scored together as one multi-task run (task k's success from task k's run, the mean over "
+             "the tasks); a seed with any task run missing, failed, unfinished, diverged or of another config is "
+             "left out whole, with every reason",
+    }
+
+
+CONVENTIONS = conventions()
 
 
 @dataclass
@@ -63,9 +108,20 @@ class Run:
     final: dict[str, float] = field(default_factory=dict)
     max_over_training: float = math.nan
     history: list[tuple[int, float]] = field(default_factory=list)
+    task_history: dict[int, dict[str, float]] = field(default_factory=dict)
+    """Success per task at each evaluation that scored every task (summary.json's history, else evals.jsonl)."""
     skipped_updates: int = 0
     """Updates of a finished run that skipped an optimiser step for a non-finite loss or gradient (noted, averaged)."""
     problem: str = ""
+    env: str = ""
+    """The benchmark the run is scored on when it is not ``cfg.env``: an stl seed's ``mt10``/``mt50``."""
+    parts: list[Path] = field(default_factory=list)
+    """An stl seed: the single-task run directories it combines (empty for every other run)."""
+
+    @property
+    def tasks(self) -> list[str]:
+        """The tasks of the final score, in its order."""
+        return [k for k in self.final if k != "mean"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -74,6 +130,29 @@ def _label(root: Path, path: Path, cfg: TrainConfig | None) -> str:
     """The method group of a run: its parent directory under the sweep root (``<method>``), else its method."""
     parent = path.parent.relative_to(root).as_posix() if path.parent != root else ""
     return parent or (cfg.method if cfg else path.name)
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a ``.jsonl`` file, skipping a line a killed run left half written."""
+    rows: list[dict[str, Any]] = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and "step" in row:
+                rows.append(row)
+    return rows
+
+
+def task_history(path: Path, summary: dict[str, Any], tasks: Sequence[str]) -> dict[int, dict[str, float]]:
+    """``{step: {task: success}}`` of a run's evaluations that scored every task: summary.json's history, else
+    evals.jsonl (a step evaluated twice, by a resumed run, keeps the last)."""
+    rows = summary.get("history") or []
+    if not any(all(t in row for t in tasks) for row in rows):
+        rows = _read_jsonl(path / "evals.jsonl")
+    return {int(row["step"]): {t: float(row[t]) for t in tasks} for row in rows if all(t in row for t in tasks)}
 
 
 def load_run(root: Path, path: Path, source: str) -> Run:
@@ -101,6 +180,7 @@ def load_run(root: Path, path: Path, source: str) -> Run:
     run.final = {k: float(v) for k, v in summary["final"].items()}
     run.max_over_training = float(summary["max_over_training"])
     run.history = [(int(e["step"]), float(e["mean"])) for e in summary.get("history", [])]
+    run.task_history = task_history(path, summary, run.tasks)
     run.skipped_updates = int(summary.get("skipped_updates") or 0)
     if source == "eval":
         evaluation = runs.read_json(path / runs.EVAL)
@@ -112,15 +192,101 @@ def load_run(root: Path, path: Path, source: str) -> Run:
     return run
 
 
+def stl_part(root: Path, path: Path) -> tuple[int, str | None] | None:
+    """``(seed, task)`` when ``path`` is ``<root>/stl/seed<k>/<task>`` (``(seed, None)`` for ``<root>/stl/seed<k>``,
+    how a manifest may name a whole seed), else None."""
+    try:
+        parts = path.relative_to(root).parts
+    except ValueError:
+        return None
+    match = _SEED_DIR.fullmatch(parts[1]) if len(parts) in (2, 3) and parts[0] == STL else None
+    if match is None:
+        return None
+    return int(match.group(1)), parts[2] if len(parts) == 3 else None
+
+
+def stl_tasks(benchmark: str) -> tuple[str, ...]:
+    """The tasks of ``mt10``/``mt50`` in the benchmark's order (``metaworld.MT10(seed).train_classes`` order)."""
+    from metaworld.env_dict import MT10_V3, MT50_V3  # ~1 s to import: only when a sweep holds stl runs
+
+    return tuple(MT10_V3 if benchmark == "mt10" else MT50_V3)
+
+
+def stl_benchmark(manifest_env: str | None, found: set[str]) -> str:
+    """The benchmark stl seeds stand for: the sweep's ``--env`` when it is one, else MT10 when every task run found
+    is an MT10 task."""
+    if manifest_env in STL_BENCHMARKS:
+        return str(manifest_env)
+    return "mt10" if found <= set(stl_tasks("mt10")) else "mt50"
+
+
+def _task_score(run: Run, task: str) -> float:
+    """An mt1 run's success on its task (its final score names the task, or only the mean: the same number)."""
+    return run.final.get(task, run.final["mean"])
+
+
+def combine_stl(path: Path, seed: int, parts: dict[str, Run], tasks: Sequence[str], benchmark: str) -> Run:
+    """One seed of single-task SAC scored as one multi-task run: task k's success (final, per evaluation step) from
+    the ``mt1:<task>`` run of task k. Left out, with every reason, unless each task of the benchmark has exactly one
+    finished run trained on its own task, all with one config apart from ``env``."""
+    run = Run(STL, seed, path, env=benchmark, parts=[parts[t].path for t in tasks if t in parts])
+    problems = [f"{t}: {parts[t].problem}" for t in tasks if t in parts and parts[t].problem]
+    missing = [t for t in tasks if t not in parts]
+    if missing:
+        problems.insert(0, f"no run of {len(missing)} of its {len(tasks)} {benchmark} tasks ({', '.join(missing)})")
+    extra = sorted(set(parts) - set(tasks))
+    if extra:
+        problems.append(f"runs of tasks outside {benchmark}: {', '.join(extra)}")
+    usable = {t: parts[t] for t in tasks if t in parts and not parts[t].problem}
+    problems += [f"{t}: trained on env {r.cfg.env}, not mt1:{t}" for t, r in usable.items()
+                 if r.cfg is not None and r.cfg.env != f"mt1:{t}"]
+    reasons = config_outliers([r.cfg.to_dict() for r in usable.values()], IGNORED | {"env"})  # type: ignore[union-attr]
+    problems += [f"{t}: {reason}" for t, reason in zip(usable, reasons) if reason]
+    if not parts:
+        run.problem = "missing (never started)"
+    elif problems:
+        run.problem = f"incomplete {STL} seed (one mt1 run per {benchmark} task): " + "; ".join(problems)
+    if run.problem:
+        return run
+    run.cfg = usable[tasks[0]].cfg
+    run.final = {t: _task_score(usable[t], t) for t in tasks}
+    run.final["mean"] = float(np.mean([run.final[t] for t in tasks]))
+    curves = {t: dict(usable[t].history) for t in tasks}
+    steps = sorted(set.intersection(*(set(c) for c in curves.values())))
+    run.task_history = {step: {t: curves[t][step] for t in tasks} for step in steps}
+    run.history = [(step, float(np.mean(list(row.values())))) for step, row in run.task_history.items()]
+    # the best evaluation of the ten together at one step, as a multi-task run's max over training is
+    run.max_over_training = max([run.final["mean"]] + [mean for _, mean in run.history])
+    run.skipped_updates = sum(r.skipped_updates for r in usable.values())
+    return run
+
+
 def load_runs(root: Path, source: str) -> list[Run]:
-    """Every run under ``root`` plus those ``sweep.json`` asked for that never started (listed as missing)."""
-    found = [load_run(root, path, source) for path in runs.find_runs(root)]
+    """Every run under ``root`` (an stl seed's task runs combined into one), plus those ``sweep.json`` asked for that
+    never started (listed as missing)."""
     manifest = runs.read_json(root / runs.MANIFEST) or {}
+    found: list[Run] = []
+    stl: dict[int, dict[str, Run]] = collections.defaultdict(dict)
+    for path in runs.find_runs(root):
+        where = stl_part(root, path)
+        if where is not None and where[1] is not None:
+            stl[where[0]][where[1]] = load_run(root, path, source)
+        else:
+            found.append(load_run(root, path, source))
     seen = {r.path for r in found}
+    stl_seeds = set(stl)
     for entry in manifest.get("runs", []):
         path = root / entry["dir"]
-        if path not in seen:
+        where = stl_part(root, path)
+        if where is not None:
+            stl_seeds.add(where[0])
+        elif path not in seen:
             found.append(Run(entry["method"], int(entry["seed"]), path, problem="missing (never started)"))
+    if stl_seeds:
+        benchmark = stl_benchmark(manifest.get("env"), {task for parts in stl.values() for task in parts})
+        tasks = stl_tasks(benchmark)
+        found += [combine_stl(root / STL / f"seed{seed}", seed, stl.get(seed, {}), tasks, benchmark)
+                  for seed in sorted(stl_seeds)]
     return sorted(found, key=lambda r: (r.label, r.seed if r.seed is not None else -1, str(r.path)))
 
 
@@ -155,47 +321,101 @@ def config_outliers(configs: Sequence[dict[str, Any]], ignore: frozenset[str]) -
             for key in keys]
 
 
+def protocol_config(run: Run) -> dict[str, Any]:
+    """The run's config as the protocol check compares it: an stl seed's runs (``mt1:<task>`` each) count as the
+    benchmark they are scored on."""
+    values = run.cfg.to_dict() if run.cfg is not None else {}
+    if run.env:
+        values["env"] = run.env
+    return values
+
+
 def check_configs(records: Sequence[Run]) -> None:
     """Mark runs whose protocol differs from the majority, then runs whose method options differ within a method."""
     usable = [r for r in records if not r.problem and r.cfg is not None]
-    reasons = config_outliers([r.cfg.to_dict() for r in usable], IGNORED | METHOD_FIELDS)  # type: ignore[union-attr]
+    reasons = config_outliers([protocol_config(r) for r in usable], IGNORED | METHOD_FIELDS)
     for run, reason in zip(usable, reasons):
         run.problem = reason
     for label in sorted({r.label for r in usable}):
         group = [r for r in usable if r.label == label and not r.problem]
-        for run, reason in zip(group, config_outliers([r.cfg.to_dict() for r in group], IGNORED)):  # type: ignore
+        for run, reason in zip(group, config_outliers([protocol_config(r) for r in group], IGNORED)):
             run.problem = reason
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # aggregation
-def aggregate(records: Sequence[Run], resamples: int = stats.RESAMPLES,
-              order: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
-    """Per method (in ``order``, then by name): seeds, final and max-over-training summaries, per-task summaries,
-    the learning curve."""
+def score_matrix(group: Sequence[Run], tasks: Sequence[str]) -> np.ndarray:
+    """``(runs, tasks)`` final success of a method's runs."""
+    return np.array([[r.final[t] for t in tasks] for r in group], dtype=np.float64)
+
+
+def _interval(value: stats.Interval, name: str) -> dict[str, Any]:
+    return {name: value.point, f"{name}_ci": [value.low, value.high]}
+
+
+def runs_x_tasks(matrices: dict[str, tuple[list[str], np.ndarray]], baseline: str | None, resamples: int,
+                 backend: str = "numpy") -> dict[str, dict[str, Any]]:
+    """Per method the ``rliable`` block (aggregates with CIs, P(X > baseline) with its CI) and the profile."""
+    engine = stats.BACKENDS[backend]
     out: dict[str, dict[str, Any]] = {}
+    for label, (tasks, x) in matrices.items():
+        block: dict[str, Any] = {"runs": int(x.shape[0]), "tasks": len(tasks)}
+        for name, value in engine["intervals"](x, resamples).items():
+            block.update(_interval(value, name))
+        block.update(baseline=baseline, poi=None, poi_ci=[None, None])
+        if baseline is not None and label != baseline:
+            base_tasks, y = matrices[baseline]
+            if set(base_tasks) == set(tasks):
+                y = y[:, [base_tasks.index(t) for t in tasks]]
+                block.update(_interval(engine["poi"](x, y, resamples), "poi"))
+        out[label] = {"rliable": block, "profile": engine["profile"](x, resamples=resamples)}
+    return out
+
+
+def aggregate(records: Sequence[Run], resamples: int = stats.RESAMPLES, order: Sequence[str] = (),
+              baseline: str | None = None, backend: str = "numpy") -> dict[str, dict[str, Any]]:
+    """Per method (in ``order``, then by name): seeds, final and max-over-training summaries, per-task summaries,
+    the learning curves, and the statistics over runs × tasks."""
+    out: dict[str, dict[str, Any]] = {}
+    matrices: dict[str, tuple[list[str], np.ndarray]] = {}
     labels = {r.label for r in records if not r.problem}
     for label in [m for m in dict.fromkeys(order) if m in labels] + sorted(labels - set(order)):
         group = [r for r in records if r.label == label and not r.problem]
-        tasks = [k for k in group[0].final if k != "mean"]
+        tasks = group[0].tasks
+        matrices[label] = (tasks, score_matrix(group, tasks))
         out[label] = {
             "seeds": [r.seed for r in group],
             "n": len(group),
             "final": stats.summarize([r.final["mean"] for r in group], resamples=resamples).to_dict(),
             "max_over_training": stats.summarize([r.max_over_training for r in group], resamples=resamples).to_dict(),
             "per_seed": {str(r.seed): {"final": r.final["mean"], "max_over_training": r.max_over_training,
-                                       "skipped_updates": r.skipped_updates, "run": str(r.path)} for r in group},
+                                       "skipped_updates": r.skipped_updates, "run": str(r.path),
+                                       **({"parts": [str(p) for p in r.parts]} if r.parts else {})}
+                         for r in group},
             "per_task": {t: stats.summarize([r.final[t] for r in group], resamples=resamples).to_dict()
                          for t in tasks},
             "curve": stats.aggregate_curves([r.history for r in group]),
+            "iqm_curve": stats.iqm_curve([{s: [row[t] for t in tasks] for s, row in r.task_history.items()}
+                                          for r in group]),
         }
+    for label, extra in runs_x_tasks(matrices, baseline, resamples, backend).items():
+        out[label].update(extra)
     return out
+
+
+def choose_baseline(methods: Sequence[str], asked: str | None) -> str | None:
+    """``--baseline`` when given (it must have averaged runs), else ``mtsac`` when present, else none."""
+    if asked is None:
+        return DEFAULT_BASELINE if DEFAULT_BASELINE in methods else None
+    if asked not in methods:
+        raise ConfigError("--baseline", f"no averaged runs of '{asked}' (methods: {', '.join(methods) or 'none'})")
+    return asked
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # writing
-def _pct(x: float) -> str:
-    return "–" if math.isnan(x) else f"{100 * x:.1f}"
+def _pct(x: float | None) -> str:
+    return "–" if x is None or math.isnan(x) else f"{100 * x:.1f}"
 
 
 def _score_row(label: str, s: dict[str, float]) -> str:
@@ -204,20 +424,53 @@ def _score_row(label: str, s: dict[str, float]) -> str:
     return f"| {label} | {s['n']} | {_pct(s['mean'])}{sem} | {ci} | {_pct(s['iqm'])} |"
 
 
+def _with_ci(point: float | None, ci: Sequence[float | None], fmt: Any = _pct) -> str:
+    """``45.0 [40.1, 50.2]``, or the point alone when the interval is undefined."""
+    low, high = ci
+    if point is None:
+        return "–"
+    if low is None or high is None or math.isnan(low):
+        return fmt(point)
+    return f"{fmt(point)} [{fmt(low)}, {fmt(high)}]"
+
+
+def _prob(x: float | None) -> str:
+    return "–" if x is None or math.isnan(x) else f"{x:.2f}"
+
+
+def rliable_lines(methods: dict[str, dict[str, Any]], baseline: str | None) -> list[str]:
+    """The results.md section of the aggregates over runs × tasks."""
+    versus = f"P(> {baseline})" if baseline else "P(improvement)"
+    lines = ["## Over runs × tasks (final success, %; Agarwal et al. 2021: stratified bootstrap 95 % CI)", "",
+             "| method | runs × tasks | " + " | ".join(AGGREGATE_TITLES.values()) + f" | {versus} |",
+             "|---|---|" + "---|" * (len(AGGREGATE_TITLES) + 1)]
+    for label, v in methods.items():
+        b = v["rliable"]
+        cells = [_with_ci(b[name], b[f"{name}_ci"]) for name in AGGREGATE_TITLES]
+        poi = "baseline" if label == baseline else _with_ci(b["poi"], b["poi_ci"], _prob)
+        lines.append(f"| {label} | {b['runs']} × {b['tasks']} | " + " | ".join(cells) + f" | {poi} |")
+    if baseline is None:
+        lines += ["", f"No probability of improvement: no averaged runs of {DEFAULT_BASELINE} (--baseline METHOD)."]
+    return lines
+
+
 def markdown(root: Path, source: str, methods: dict[str, dict[str, Any]], excluded: Sequence[Run],
-             protocol: str, plots: Sequence[str], averaged: Sequence[Run] = ()) -> str:
-    """``results.md``: headline table, max over training, per-task table, excluded runs, the averaged runs that
-    skipped updates, plots, conventions."""
-    head = "| method | seeds | mean ± SEM | 95 % CI | IQM |\n|---|---|---|---|---|"
+             protocol: str, plots: Sequence[str], averaged: Sequence[Run] = (), baseline: str | None = None,
+             notes: dict[str, str] | None = None) -> str:
+    """``results.md``: headline table, the aggregates over runs × tasks, max over training, per-task table, excluded
+    runs, the averaged runs that skipped updates, plots, conventions."""
+    head = ("| method | seeds | mean ± SEM | 95 % CI | IQM of seed means |\n|---|---|---|---|---|")
     what = ("the final evaluation of each run (summary.json)" if source == "summary"
             else "the re-evaluation of each run's final checkpoint (eval.json, rl_mtl.evaluate --sweep)")
     lines = [f"# Results: {root}", "", f"Protocol: {protocol}. Scores: {what}.", "",
-             "## Success rate at the end of training (%, the reported score)", "", head]
+             "## Success rate at the end of training (%, the reported score; across seed means)", "", head]
     lines += [_score_row(m, v["final"]) for m, v in methods.items()]
+    if methods:
+        lines += [""] + rliable_lines(methods, baseline)
     lines += ["", "## Max over training (%; best evaluation during training — optimistic, as in the papers' "
               "tables)", "", head]
     lines += [_score_row(m, v["max_over_training"]) for m, v in methods.items()]
-    tasks = list(next(iter(methods.values()))["per_task"]) if methods else []
+    tasks = list(dict.fromkeys(t for v in methods.values() for t in v["per_task"]))
     lines += ["", "## Success per task at the end of training (%, mean ± SEM over seeds)", "",
               "| task | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
     for task in tasks:
@@ -240,7 +493,7 @@ def markdown(root: Path, source: str, methods: dict[str, dict[str, Any]], exclud
                   + ", ".join(f"{r.label} seed {r.seed} ({r.skipped_updates} skipped)" for r in skipped) + "."]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
-    lines += ["", "## What the numbers mean", ""] + [f"- **{k}**: {v}" for k, v in CONVENTIONS.items()]
+    lines += ["", "## What the numbers mean", ""] + [f"- **{k}**: {v}" for k, v in (notes or CONVENTIONS).items()]
     return "\n".join(lines) + "\n"
 
 
@@ -268,8 +521,19 @@ def read_metrics(path: Path, keys: Sequence[str]) -> dict[str, list[tuple[int, f
     return {key: sorted(values.items()) for key, values in series.items()}
 
 
-def write_plots(out: Path, methods: dict[str, dict[str, Any]], records: Sequence[Run]) -> list[str]:
-    """``curves.png`` and, when logged, ``diagnostics.png``; returns the files written (none without matplotlib)."""
+def _band(ax: Any, x: Sequence[float], y: Sequence[float], low: Sequence[float | None],
+          high: Sequence[float | None], label: str) -> None:
+    """A line with its shaded interval (undefined bounds, one run, shade nothing)."""
+    (line,) = ax.plot(x, y, label=label, marker="o" if len(x) == 1 else None)  # one step: a dot, not nothing
+    lo = [v if v is not None and not math.isnan(v) else m for v, m in zip(low, y)]
+    hi = [v if v is not None and not math.isnan(v) else m for v, m in zip(high, y)]
+    ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2)
+
+
+def write_plots(out: Path, methods: dict[str, dict[str, Any]], records: Sequence[Run],
+                baseline: str | None = None) -> list[str]:
+    """``curves.png``, ``profiles.png``, ``intervals.png`` and, when logged, ``diagnostics.png``; returns the files
+    written (none without matplotlib)."""
     try:
         import matplotlib
     except ImportError:
@@ -279,18 +543,52 @@ def write_plots(out: Path, methods: dict[str, dict[str, Any]], records: Sequence
     import matplotlib.pyplot as plt
 
     written = []
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     for label, v in methods.items():
-        c = v["curve"]
-        (line,) = ax.plot(c["step"], c["mean"], label=f"{label} (n={v['n']})")
-        ax.fill_between(c["step"], c["ci_low"], c["ci_high"], color=line.get_color(), alpha=0.2)
-    ax.set(xlabel="loop step", ylabel="eval success (mean over tasks)", ylim=(-0.02, 1.02),
-           title=f"mean across seeds, shaded {stats.CONFIDENCE:.0%} bootstrap CI")
-    ax.legend()
+        c, q = v["curve"], v["iqm_curve"]
+        _band(left, c["step"], c["mean"], c["ci_low"], c["ci_high"], f"{label} (n={v['n']})")
+        _band(right, q["step"], q["iqm"], q["ci_low"], q["ci_high"], f"{label} (n={v['n']})")
+    left.set(xlabel="loop step", ylabel="eval success", ylim=(-0.02, 1.02),
+             title=f"mean over tasks, mean across seeds ({stats.CONFIDENCE:.0%} bootstrap CI)")
+    right.set(xlabel="loop step", title=f"IQM over runs × tasks ({stats.CONFIDENCE:.0%} stratified bootstrap CI)")
+    left.legend()
     fig.tight_layout()
     fig.savefig(out / "curves.png", dpi=120)
     plt.close(fig)
     written.append(str(out / "curves.png"))
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, v in methods.items():
+        p = v["profile"]
+        _band(ax, p["tau"], p["fraction"], p["ci_low"], p["ci_high"], f"{label} (n={v['n']})")
+    ax.set(xlabel="final success rate τ", ylabel="fraction of runs × tasks with success > τ", xlim=(0, 1),
+           ylim=(-0.02, 1.02), title=f"performance profiles ({stats.CONFIDENCE:.0%} stratified bootstrap CI)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "profiles.png", dpi=120)
+    plt.close(fig)
+    written.append(str(out / "profiles.png"))
+
+    panels = dict(AGGREGATE_TITLES)
+    if baseline is not None:
+        panels["poi"] = f"P(X > {baseline})"
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 0.5 * len(methods) + 1.6),
+                             sharey=True, squeeze=False)
+    names = list(methods)
+    for ax, (name, title) in zip(axes[0], panels.items()):
+        for row, label in enumerate(names):
+            b = methods[label]["rliable"]
+            point, (low, high) = b[name], b[f"{name}_ci"]
+            if point is None:
+                continue
+            if low is not None and not math.isnan(low):
+                ax.plot([low, high], [row, row], linewidth=6, alpha=0.4, color=f"C{row}")
+            ax.plot([point], [row], marker="|", markersize=14, color=f"C{row}")
+        ax.set(title=title, yticks=range(len(names)), yticklabels=names, ylim=(len(names) - 0.3, -0.7))
+    fig.tight_layout()
+    fig.savefig(out / "intervals.png", dpi=120)
+    plt.close(fig)
+    written.append(str(out / "intervals.png"))
 
     usable = [r for r in records if not r.problem]
     logged = {r.path: read_metrics(r.path, [key for key, _ in DIAGNOSTICS]) for r in usable}
@@ -314,34 +612,45 @@ def write_plots(out: Path, methods: dict[str, dict[str, Any]], records: Sequence
 
 def protocol_line(records: Sequence[Run]) -> str:
     """The shared protocol of the averaged runs, in one line (env, steps, evaluation episodes, episode length)."""
-    cfg = next((r.cfg for r in records if not r.problem and r.cfg is not None), None)
-    if cfg is None:
+    run = next((r for r in records if not r.problem and r.cfg is not None), None)
+    if run is None or run.cfg is None:
         return "no finished run"
-    return (f"{cfg.env}, {cfg.steps} loop steps, {cfg.eval_episodes} evaluation episodes per task, "
+    cfg = run.cfg
+    return (f"{run.env or cfg.env}, {cfg.steps} loop steps, {cfg.eval_episodes} evaluation episodes per task, "
             f"{cfg.max_episode_steps}-step episodes, preset {cfg.preset or '?'}")
 
 
 def report(root: Path, out: Path, source: str = "summary", plots: bool = True,
-           resamples: int = stats.RESAMPLES) -> dict[str, Any]:
-    """Read, check, aggregate and write every output; returns the ``results.json`` content."""
+           resamples: int = stats.RESAMPLES, baseline: str | None = None, backend: str = "numpy") -> dict[str, Any]:
+    """Read, check, aggregate and write every output; returns the ``results.json`` content.
+
+    Raises :class:`ConfigError` for a ``--baseline`` without averaged runs.
+    """
     records = load_runs(root, source)
     check_configs(records)
     manifest = runs.read_json(root / runs.MANIFEST) or {}
-    methods = aggregate(records, resamples, order=[r["method"] for r in manifest.get("runs", [])])
+    base = choose_baseline(sorted({r.label for r in records if not r.problem}), baseline)
+    methods = aggregate(records, resamples, order=[r["method"] for r in manifest.get("runs", [])], baseline=base,
+                        backend=backend)
     excluded = [r for r in records if r.problem]
     averaged = [r for r in records if not r.problem]
     out.mkdir(parents=True, exist_ok=True)
-    written = write_plots(out, methods, records) if plots and methods else []
+    written = write_plots(out, methods, records, base) if plots and methods else []
     protocol = protocol_line(records)
+    notes = conventions(resamples, backend, base)
     result = {
-        "root": str(root), "source": source, "protocol": protocol, "conventions": CONVENTIONS, "methods": methods,
+        "root": str(root), "source": source, "protocol": protocol, "conventions": notes,
+        "aggregates": {"backend": backend, "resamples": resamples, "seed": 0, "confidence": stats.CONFIDENCE,
+                       "baseline": base},
+        "methods": methods,
         "excluded": [{"method": r.label, "seed": r.seed, "run": str(r.path), "reason": r.problem} for r in excluded],
         "skipped_updates": [{"method": r.label, "seed": r.seed, "run": str(r.path), "skipped": r.skipped_updates}
                             for r in averaged if r.skipped_updates > 0],
     }
     (out / "results.json").write_text(json.dumps(_finite(result), indent=2))
     write_csv(out / "results.csv", methods)
-    (out / "results.md").write_text(markdown(root, source, methods, excluded, protocol, written, averaged))
+    (out / "results.md").write_text(markdown(root, source, methods, excluded, protocol, written, averaged, base,
+                                             notes))
     return result
 
 
@@ -356,14 +665,25 @@ def _finite(value: Any) -> Any:
     return value
 
 
+def _fmt(x: float | None) -> str:
+    return "–" if x is None or math.isnan(x) else f"{x:.3f}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; prints the headline table and where the files are."""
-    parser = Parser(prog=PROG, description="Tables and plots of a sweep's runs (mean ± SEM, bootstrap CI, IQM).")
+    parser = Parser(prog=PROG, description="Tables and plots of a sweep's runs: mean ± SEM and bootstrap CI across "
+                    "seeds; IQM, mean, median, optimality gap and probability of improvement over runs × tasks "
+                    "with stratified bootstrap CIs (Agarwal et al. 2021); performance profiles.")
     parser.add_argument("dir", help="sweep directory (python -m rl_mtl.sweep --out DIR) or any folder of runs")
     parser.add_argument("--out", help="where to write results.* and the plots (default: DIR)")
     parser.add_argument("--source", choices=("summary", "eval"), default="summary",
                         help="final scores from summary.json (default) or from eval.json (rl_mtl.evaluate --sweep)")
-    parser.add_argument("--resamples", type=int, default=stats.RESAMPLES, help="bootstrap resamples")
+    parser.add_argument("--resamples", type=int, default=stats.RESAMPLES, help="bootstrap resamples (every CI)")
+    parser.add_argument("--baseline", help=f"method the probability of improvement of every other method is taken "
+                        f"against (default: {DEFAULT_BASELINE} when it has averaged runs)")
+    parser.add_argument("--stats", choices=tuple(stats.BACKENDS), default="numpy",
+                        help="who computes the statistics over runs × tasks: rl_mtl.stats (numpy, default) or "
+                             "rliable itself (pip install -e '.[report]')")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     args = parser.parse_args(argv)
     root = Path(args.dir).resolve()
@@ -371,14 +691,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         fail(PROG, f"DIR: {args.dir} is not a directory")
     if args.resamples < 100:
         fail(PROG, f"--resamples: must be an integer >= 100, got {args.resamples}")
+    if args.stats == "rliable":
+        try:
+            stats.load_rliable()
+        except RuntimeError as exc:
+            fail(PROG, f"--stats: {exc}; pip install -e '.[report]'")
     if not runs.find_runs(root) and not (root / runs.MANIFEST).is_file():
         fail(PROG, f"DIR: no runs under {args.dir} (no config.yaml or {runs.STATUS} found)")
     out = Path(args.out).resolve() if args.out else root
-    result = report(root, out, args.source, plots=not args.no_plots, resamples=args.resamples)
+    try:
+        result = report(root, out, args.source, plots=not args.no_plots, resamples=args.resamples,
+                        baseline=args.baseline, backend=args.stats)
+    except ConfigError as exc:
+        fail(PROG, str(exc))
     for label, v in result["methods"].items():
-        s = v["final"]
-        print(f"{label}: final success {s['mean']:.3f} ± {s['sem']:.3f} (SEM, n={s['n']}), "
-              f"95% CI [{s['ci_low']:.3f}, {s['ci_high']:.3f}], IQM {s['iqm']:.3f}")
+        s, b = v["final"], v["rliable"]
+        poi = (f"; P(> {b['baseline']}) {_fmt(b['poi'])} [{_fmt(b['poi_ci'][0])}, {_fmt(b['poi_ci'][1])}]"
+               if b["poi"] is not None else "")
+        print(f"{label}: final success {s['mean']:.3f} ± {_fmt(s['sem'])} (SEM, n={s['n']}), "
+              f"95% CI [{_fmt(s['ci_low'])}, {_fmt(s['ci_high'])}]; IQM over {b['runs']} runs × {b['tasks']} tasks "
+              f"{_fmt(b['iqm'])} [{_fmt(b['iqm_ci'][0])}, {_fmt(b['iqm_ci'][1])}]{poi}")
     for entry in result["excluded"]:
         print(f"left out: {entry['method']} seed {entry['seed']}: {entry['reason']}")
     for entry in result["skipped_updates"]:

@@ -35,6 +35,8 @@ def test_iqm_hand_computed() -> None:
     # n = 4: one cut at each end of [0, 0, 0, 1] → mean(0, 0) = 0
     assert stats.iqm([1.0, 0.0, 0.0, 0.0]) == 0.0
     assert stats.iqm([0.7]) == 0.7
+    # summarize() shows no IQM of seed means below 4 seeds (it would be the plain mean under another name)
+    assert math.isnan(stats.summarize([0.1, 0.2, 0.9]).iqm) and stats.summarize([0.1, 0.2, 0.3, 0.9]).iqm == 0.25
 
 
 def test_bootstrap_ci_exact_small_cases() -> None:
@@ -170,7 +172,8 @@ def test_report_single_seed_and_plots(tmp_path: Path) -> None:
     result = json.loads((tmp_path / "out" / "results.json").read_text())
     final = result["methods"]["mtsac"]["final"]
     assert final["n"] == 1 and final["mean"] == 0.5 and final["sem"] is None and final["ci_low"] is None
-    assert "| mtsac | 1 | 50.0 | – | 50.0 |" in (tmp_path / "out" / "results.md").read_text()
+    assert final["iqm"] is None  # below 4 seeds the trimmed mean trims nothing: not shown as an IQM
+    assert "| mtsac | 1 | 50.0 | – | – |" in (tmp_path / "out" / "results.md").read_text()
     assert (tmp_path / "out" / "curves.png").stat().st_size > 0
     assert (tmp_path / "out" / "diagnostics.png").stat().st_size > 0
 
@@ -251,7 +254,7 @@ def test_report_workers_average_rollout_is_a_protocol(tmp_path: Path) -> None:
     root = tmp_path / "sweep"
     make_run(root, "mtsac", 0, [0.5, 0.5])
     make_run(root, "mtsac", 1, [0.5, 0.5], workers=3)
-    make_run(root, "mtsac", 2, [0.5, 0.5], workers=2)
+    make_run(root, "mtsac", 2, [0.5, 0.5], workers=2, compile=True)  # --compile: same numbers, averaged too
     make_run(root, "mtsac", 3, [0.5, 0.5], rollout="async", workers=2)
     assert main([str(root), "--no-plots"]) == 0
     result = json.loads((root / "results.json").read_text())
