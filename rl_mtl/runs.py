@@ -1,10 +1,10 @@
 """The on-disk layout of sweeps and runs, shared by ``rl_mtl.sweep``, ``rl_mtl.report`` and ``rl_mtl.evaluate``.
 
-A sweep directory holds ``sweep.json`` (what was asked for) and one run directory per (method, seed),
-``<root>/<method>/seed<k>/``, each a normal ``rl_mtl.train`` run directory plus two files of the sweep's:
-``train.log`` (the run's stdout and stderr, appended per attempt) and ``sweep_status.json`` (how the last
-attempt ended). Only reading and writing lives here; no policy about what to run or average. Imports are light
-(no torch) so that a Ray worker running a sweep task starts fast.
+A sweep directory holds ``sweep.json`` (what was asked for) and one run directory per (label, seed),
+``<root>/<label>/seed<k>/`` (``stl``: one per task, ``<root>/stl/seed<k>/<task>/``), each a normal ``rl_mtl.train``
+run directory plus two files of the sweep's: ``train.log`` (the run's stdout and stderr, appended per attempt) and
+``sweep_status.json`` (how the last attempt ended). Only reading and writing lives here; no policy about what to
+run or average. Imports are light (no torch) so that a Ray worker running a sweep task starts fast.
 """
 
 from __future__ import annotations
@@ -31,9 +31,10 @@ CHECKPOINT = "checkpoints/last.pt"
 DIVERGED_EXIT = 3
 
 
-def run_dir(root: Path, method: str, seed: int) -> Path:
-    """``<root>/<method>/seed<seed>``."""
-    return Path(root) / method / f"seed{seed}"
+def run_dir(root: Path, method: str, seed: int, task: str | None = None) -> Path:
+    """``<root>/<method>/seed<seed>``; an ``stl`` run of one task: ``<root>/stl/seed<seed>/<task>``."""
+    path = Path(root) / method / f"seed{seed}"
+    return path / task if task else path
 
 
 def checkpoint_path(run: Path) -> Path:
@@ -100,8 +101,8 @@ def update_manifest(root: Path, entry: dict[str, Any], runs: list[dict[str, Any]
     """Merge this invocation into ``sweep.json``: the union of the runs asked for over every invocation."""
     path = Path(root) / MANIFEST
     manifest = read_json(path) or {"runs": [], "invocations": []}
-    known = {(r["method"], r["seed"]) for r in manifest["runs"]}
-    manifest["runs"] += [r for r in runs if (r["method"], r["seed"]) not in known]
+    known = {r["dir"] for r in manifest["runs"]}  # one per run directory (the stl runs of a seed share a label)
+    manifest["runs"] += [r for r in runs if r["dir"] not in known]
     manifest["invocations"].append(entry)
-    manifest.update({k: entry[k] for k in ("env", "config", "set", "steps")})
+    manifest.update({k: entry[k] for k in ("env", "config", "set", "steps", "grid") if k in entry})
     write_json(path, manifest)

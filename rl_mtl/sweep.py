@@ -4,11 +4,17 @@ Examples::
 
     python -m rl_mtl.sweep --env mt10 --methods mtsac,cagrad,imgrad --seeds 10 --config mt10_cpu --out sweeps/mt10
     python -m rl_mtl.sweep --methods mtsac,imgrad --seeds 10 --backend ray --ray-address auto --num-gpus 0.25
+    python -m rl_mtl.sweep --methods mtsac,cagrad --grid combiner.c=0.5,0.9 --seeds 10 --config mt10_cpu
+    python -m rl_mtl.sweep --env mt10 --methods mtsac,imgrad,stl --seeds 10 --config mt10_cpu --track
 
-Every run is a plain ``python -m rl_mtl.train`` subprocess writing ``<out>/<method>/seed<k>/`` (same code path and
+Every run is a plain ``python -m rl_mtl.train`` subprocess writing ``<out>/<label>/seed<k>/`` (same code path and
 outputs as a single run; stdout and stderr go to ``train.log`` there), so ``tensorboard --logdir <out>`` shows every
-run side by side. Re-running the same command skips finished runs (``summary.json`` at the asked-for step and an
-unchanged config), resumes interrupted ones from their checkpoint, and refuses to touch a run directory that holds
+run side by side. A label is a method (``cagrad``), a method with a loss weighting (``imgrad+igbv2``), either with
+one point of an option grid (``cagrad[c=0.5]``), or ``stl``: one single-task ``mt1:<task>`` run per task of the
+benchmark, ``<out>/stl/seed<k>/<task>/``, which ``rl_mtl.report`` scores together as one multi-task run.
+
+Re-running the same command skips finished runs (``summary.json`` at the asked-for step and an unchanged config),
+resumes interrupted ones from their checkpoint, and refuses to touch a run directory that holds
 a different config. A failing run is reported with its log and does not stop the others. SIGINT/SIGTERM stop the
 sweep: running trainings get one SIGTERM, checkpoint and exit, so the next invocation resumes them.
 """
@@ -17,18 +23,20 @@ from __future__ import annotations
 
 import argparse
 import collections
+import itertools
 import os
+import shlex
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from rl_mtl import runs
+from rl_mtl import combiners, runs, weighting
 from rl_mtl.backends import NEW, Outcome, RunSpec, run_local, run_ray
 from rl_mtl.cli import Parser, fail
-from rl_mtl.config import (METHOD_ALIASES, METHODS, ConfigError, TrainConfig, build_config, is_config_path,
-                           parse_set, presets, resolve_preset)
+from rl_mtl.config import (METHOD_ALIASES, METHODS, WEIGHTING_METHODS, ConfigError, TrainConfig, build_config,
+                           is_config_path, parse_set, presets, resolve_preset)
 from rl_mtl.train import RESUMABLE
 
 PROG = "python -m rl_mtl.sweep"
@@ -36,17 +44,54 @@ RESUME, DONE, CONFLICT = "resume", "done", "conflict"
 #: resident memory of one run besides its replay buffer (torch, MuJoCo, K environments), measured ~0.75 GiB on MT10
 BASE_RUN_MEMORY = 1 << 30
 _SWEEP_KEYS = {"env": "--env", "method": "--methods", "seed": "--seeds/--first-seed", "steps": "--steps"}
+#: the label of single-task SAC: one ``mt1:<task>`` run of plain SAC per task of ``--env mt10``/``mt50``
+STL = "stl"
+#: options a grid may vary besides ``combiner.NAME`` and ``weighting.NAME``: those ``rl_mtl.report`` lets differ
+#: between labels (report.METHOD_FIELDS); a protocol option (``batch_size``, ``critic_lr``) varied inside one sweep
+#: would make the report leave the minority's runs out as "different config"
+GRID_FIELDS = ("combine", "weighted")
 
 
 @dataclass(frozen=True)
 class Planned:
-    """A run of the sweep as planned: its label (the method as named on the command line), config and state."""
+    """A run of the sweep as planned: its label (its directory under the sweep root, the report's group), config
+    and state; ``task`` names an ``stl`` run's task, ``options`` the grid point (``{"combiner.c": "0.5"}``)."""
 
     label: str
     cfg: TrainConfig
     state: str
     reason: str
     spec: RunSpec
+    task: str | None = None
+    options: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """How the console names the run: ``cagrad[c=0.5] seed3``, ``stl seed0 reach-v3``."""
+        return f"{self.label} seed{self.cfg.seed}" + (f" {self.task}" if self.task else "")
+
+
+@dataclass(frozen=True)
+class GridAxis:
+    """One ``--grid KEY=V1,V2`` flag: the option, its values as given (passed on as ``--set KEY=V``), the same
+    values as they appear in labels, and the option's name in labels."""
+
+    key: str
+    values: tuple[str, ...]
+    shown: tuple[str, ...]
+    name: str
+
+
+@dataclass
+class SweepPlan:
+    """Everything ``main`` needs: the sweep directory, its runs, how many at once, and notes for the console."""
+
+    out: Path
+    runs: list[Planned]
+    workers: int
+    threads: int
+    grid: list[GridAxis] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -83,19 +128,41 @@ def classify(cfg: TrainConfig, run: Path) -> tuple[str, str]:
 
 
 def train_command(action: str, run: Path, method: str, cfg: TrainConfig, preset: str,
-                  set_items: Sequence[str]) -> tuple[str, ...]:
-    """The ``rl_mtl.train`` command line of a run (a resumed run takes its identity from its saved config)."""
+                  set_items: Sequence[str], tracking: Sequence[str] = ()) -> tuple[str, ...]:
+    """The ``rl_mtl.train`` command line of a run (a resumed run takes its identity from its saved config).
+
+    ``method`` is the label without a grid point (``imgrad+igbv2``; ``stl`` trains ``mtsac`` on ``cfg.env``), the
+    grid point comes in ``set_items`` like any ``--set``; ``tracking`` is the W&B flags, passed on resume too.
+    """
     cmd = [sys.executable, "-m", "rl_mtl.train", "--logdir", str(run), "--steps", str(cfg.steps), "--no-progress"]
     if action == RESUME:
         cmd.append("--resume")
     else:
-        name, weighting = split_label(method)
-        cmd += ["--env", cfg.env, "--method", name, "--seed", str(cfg.seed), "--config", preset]
-        if weighting:
-            cmd += ["--weighting", weighting]
+        name, weighting_name = split_label(method)
+        cmd += ["--env", cfg.env, "--method", "mtsac" if name == STL else name, "--seed", str(cfg.seed),
+                "--config", preset]
+        if weighting_name:
+            cmd += ["--weighting", weighting_name]
     for item in set_items:
         cmd += ["--set", item]
-    return tuple(cmd)
+    return tuple(cmd) + tuple(tracking)
+
+
+def tracking_flags(args: argparse.Namespace, out: Path) -> list[str]:
+    """The W&B flags of every run's training: ``--track`` with the sweep's project and entity, grouped by the sweep
+    directory's name unless ``--wandb-group`` says otherwise; none without ``--track``."""
+    if not args.track:
+        given = next((flag for flag, value in (("--wandb-project", args.wandb_project),
+                                               ("--wandb-entity", args.wandb_entity),
+                                               ("--wandb-group", args.wandb_group)) if value), None)
+        if given:
+            raise ConfigError(given, "only applies with --track")
+        return []
+    flags = ["--track"]
+    for flag, value in (("--wandb-project", args.wandb_project), ("--wandb-entity", args.wandb_entity)):
+        if value:
+            flags += [flag, value]
+    return flags + ["--wandb-group", args.wandb_group or out.name]
 
 
 def split_label(label: str) -> tuple[str, str | None]:
@@ -123,19 +190,174 @@ def parse_methods(text: str) -> list[str]:
         name = f"{method}+{weighting}" if weighting else method
         if not name:
             raise ConfigError("--methods", f"empty method name in '{text}'")
+        if method == STL and weighting:
+            raise ConfigError("--methods", f"'{name}': stl is plain SAC on one task; it takes no loss weighting")
         if name not in out:
             out.append(name)
     return out
 
 
-def _config(preset: str, overrides: dict[str, Any]) -> TrainConfig:
-    """A run's config; an unknown method is reported against the sweep's ``--methods``."""
+def _config(preset: str, overrides: dict[str, Any], grid: Sequence[GridAxis] = ()) -> TrainConfig:
+    """A run's config; an unknown method is reported against the sweep's ``--methods``, a bad grid value against
+    ``--grid``."""
     try:
         return build_config(preset, overrides)
     except ConfigError as exc:
+        message = str(exc).split(": ", 1)[1]
         if exc.flag in ("--method", "--weighting"):
-            raise ConfigError("--methods", str(exc).split(": ", 1)[1]) from None
+            raise ConfigError("--methods", message) from None
+        if exc.flag in {f"--set {axis.key}" for axis in grid}:
+            raise ConfigError(f"--grid {exc.flag[len('--set '):]}", message) from None
         raise
+
+
+def resolve_label(label: str) -> tuple[str, str]:
+    """The ``(method, weighting)`` a run label trains: ``imgrad+igbv2`` → ``(imgrad, igbv2)``, ``igbv2`` → ``(mtsac,
+    igbv2)`` (the shorthand), ``stl`` → ``(mtsac, none)``."""
+    method, weighting_name = split_label(label)
+    if method == STL:
+        return "mtsac", "none"
+    if method in WEIGHTING_METHODS and not weighting_name:
+        return "mtsac", method
+    return method, weighting_name or "none"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# option grids: --grid KEY=V1,V2 makes one label per point of the product, e.g. cagrad[c=0.5,hold=50]
+def split_values(text: str) -> list[str]:
+    """``"0.5,0.9"`` → ``["0.5", "0.9"]``; commas inside brackets belong to a value (``[256,256],[64,64]``)."""
+    values, depth, current = [], 0, ""
+    for char in text:
+        depth += {"[": 1, "{": 1, "]": -1, "}": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            values.append(current.strip())
+            current = ""
+        else:
+            current += char
+    return values + [current.strip()]
+
+
+def shown_value(value: Any) -> str:
+    """A parsed option value as a label shows it: ``0.5``, ``true``, ``none``, a list as ``256x256``; so ``0.50`` and
+    ``0.5`` name the same run directory."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "none"
+    if isinstance(value, (list, tuple)):
+        return "x".join(shown_value(v) for v in value)
+    if isinstance(value, dict):
+        return ",".join(f"{k}:{shown_value(v)}" for k, v in value.items())
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _parsed(key: str, raw: str) -> Any:
+    """A grid value parsed as ``--set KEY=VALUE`` parses it (``rl_mtl.config.parse_set``)."""
+    parsed = parse_set([f"{key}={raw}"])
+    for group, prefix in (("combiner", "combiner."), ("weighting_opts", "weighting.")):
+        if key.startswith(prefix):
+            return parsed[group][key[len(prefix):]]
+    return parsed[key]
+
+
+def _given_by_set(key: str, overrides: dict[str, Any]) -> bool:
+    """Whether ``--set`` already sets grid option ``key`` (as ``combiner.c`` or inside ``combiner={c: ...}``)."""
+    for group, prefix in (("combiner", "combiner."), ("weighting_opts", "weighting.")):
+        if key.startswith(prefix):
+            return key[len(prefix):] in overrides.get(group, {})
+    return key in overrides
+
+
+def parse_grid(items: Sequence[str], overrides: dict[str, Any]) -> list[GridAxis]:
+    """The ``--grid KEY=V1,V2,...`` flags as axes, checked: each value parsed like ``--set`` (an unknown option or a
+    malformed value is a :class:`ConfigError` naming ``--grid``), no key twice or also given by ``--set``, no key
+    the sweep sets itself, no value twice."""
+    axes: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = []
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError("--grid", f"expected KEY=V1,V2,... (e.g. combiner.c=0.5,0.9), got '{item}'")
+        flag = f"--grid {key}"
+        if key in _SWEEP_KEYS or key in ("weighting", "preset"):
+            use = {"weighting": "--methods METHOD+WEIGHTING", "preset": "--config"}.get(key) or _SWEEP_KEYS[key]
+            raise ConfigError(flag, f"is set by the sweep; use {use}")
+        if any(key == k for k, _, _ in axes):
+            raise ConfigError(flag, "given twice; put all its values in one --grid")
+        values = split_values(text)
+        if not text.strip() or any(not v for v in values):
+            raise ConfigError(flag, f"empty value in '{item}'; expected {key}=V1,V2,...")
+        try:
+            shown = tuple(shown_value(_parsed(key, v)) for v in values)
+        except ConfigError as exc:
+            raise ConfigError("--grid" if exc.flag == "--set" else f"--grid {key}", str(exc).split(": ", 1)[1]) \
+                from None
+        if not key.startswith(("combiner.", "weighting.")) and key not in GRID_FIELDS:
+            raise ConfigError(flag, f"a grid varies method options (combiner.NAME, weighting.NAME, "
+                              f"{', '.join(GRID_FIELDS)}), which the report compares side by side; sweep {key} "
+                              f"with --set {key}=... into another --out")
+        if _given_by_set(key, overrides):
+            raise ConfigError(flag, "also given by --set; keep one")
+        twice = next((v for v in shown if shown.count(v) > 1), None)
+        if twice is not None:
+            raise ConfigError(flag, f"value {twice} given twice")
+        bad = next((v for v in shown if "/" in v or v in (".", "..") or any(c.isspace() for c in v)), None)
+        if bad is not None:
+            raise ConfigError(flag, f"value '{bad}' cannot be part of a run directory's name")
+        axes.append((key, tuple(values), shown))
+    short = [key.rsplit(".", 1)[-1] for key, _, _ in axes]
+    return [GridAxis(key, values, shown, name if short.count(name) == 1 else key)
+            for (key, values, shown), name in zip(axes, short)]
+
+
+def grid_applies(key: str, label: str) -> bool:
+    """Whether the method a label trains has grid option ``key``: ``combiner.c`` for cagrad and imgrad, not for
+    mtsac; ``weighting.hold`` for labels with a weighting; ``combine`` for a combiner; ``weighted`` with a
+    weighting. ``stl`` (plain SAC per task) has none."""
+    method, weighting_name = resolve_label(label)
+    if split_label(label)[0] == STL or method not in METHODS:
+        return False
+    if key.startswith("combiner."):
+        return method != "mtsac" and key[len("combiner."):] in set(combiners.hparams(method)) - {"seed"}
+    if key.startswith("weighting."):
+        return (weighting_name != "none" and weighting_name in weighting.names()
+                and key[len("weighting."):] in set(weighting.hparams(weighting_name)) - {"seed"})
+    return method != "mtsac" if key == "combine" else weighting_name != "none"
+
+
+def grid_points(label: str, axes: Sequence[GridAxis]) -> list[tuple[str, dict[str, str]]]:
+    """``(run label, {key: value as given})`` of every point of the product of the axes that apply to ``label``, in
+    the order of the ``--grid`` flags: ``cagrad`` with c=0.5,0.9 → ``cagrad[c=0.5]``, ``cagrad[c=0.9]``; a label
+    no axis applies to runs once, as itself."""
+    mine = [axis for axis in axes if grid_applies(axis.key, label)]
+    if not mine:
+        return [(label, {})]
+    points = []
+    for combo in itertools.product(*(range(len(axis.values)) for axis in mine)):
+        shown = ",".join(f"{axis.name}={axis.shown[i]}" for axis, i in zip(mine, combo))
+        points.append((f"{label}[{shown}]", {axis.key: axis.values[i] for axis, i in zip(mine, combo)}))
+    return points
+
+
+def _with_point(overrides: dict[str, Any], options: dict[str, str]) -> dict[str, Any]:
+    """``overrides`` plus a grid point's options (``combiner.*`` merged into the ``combiner`` mapping)."""
+    point = parse_set([f"{key}={value}" for key, value in options.items()])
+    merged = {**overrides, **point}
+    for group in ("combiner", "weighting_opts"):
+        if group in overrides or group in point:
+            merged[group] = {**overrides.get(group, {}), **point.get(group, {})}
+    return merged
+
+
+def stl_tasks(env: str) -> tuple[str, ...]:
+    """The tasks of benchmark ``env`` in the benchmark's own order (``metaworld.MT10(seed).train_classes`` is
+    ``MT10_V3``; likewise MT50), one ``stl`` run each; a :class:`ConfigError` for ``mt1:<task>``."""
+    if env not in ("mt10", "mt50"):
+        raise ConfigError("--methods", f"stl trains one mt1:<task> run per task of --env mt10 or mt50; with --env "
+                          f"{env} it would be the single-task run itself (use --methods mtsac)")
+    from metaworld.env_dict import MT10_V3, MT50_V3  # metaworld takes ~1 s to import: only for stl
+
+    return tuple(MT10_V3 if env == "mt10" else MT50_V3)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -181,21 +403,37 @@ def build_parser() -> argparse.ArgumentParser:
                     epilog="examples:" + __doc__.split("Examples::")[1].split("Every run")[0].rstrip())
     parser.add_argument("--env", default="mt10", help="mt10 | mt50 | mt1:<task> (default mt10)")
     parser.add_argument("--methods", default="mtsac", help=f"comma-separated, from: {', '.join(METHODS)}; "
-                        "METHOD+WEIGHTING adds a loss weighting (imgrad+igbv2, imgrad+rlw)")
+                        "METHOD+WEIGHTING adds a loss weighting (imgrad+igbv2, imgrad+rlw); stl: single-task SAC, "
+                        "one mt1:<task> run per task of --env mt10|mt50 (in <out>/stl/seed<k>/<task>/), scored by "
+                        "the report as one multi-task run")
     parser.add_argument("--seeds", type=int, default=10, help="number of seeds (default 10)")
     parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed .. first-seed+seeds-1")
     parser.add_argument("--config", default="mt10", help=f"a preset ({', '.join(presets())}) or the path of a "
                         "YAML file of options")
-    parser.add_argument("--steps", type=int, help="loop steps per run (default: the preset's)")
+    parser.add_argument("--steps", type=int, help="loop steps per run (default: the preset's). A loop step steps "
+                        "every task's env once, so an MT10 run of N steps and each stl run of N steps give every "
+                        "task N env steps: the same data per task (an stl run's updates sample only its task, "
+                        "batch_size transitions each, from a replay of buffer_size)")
     parser.add_argument("--out", help="sweep directory (default: sweeps/<env>_<config>)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="override a config option for every run (as rl_mtl.train --set)")
+    parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                        help="an option grid: every method that has option KEY (combiner.NAME, weighting.NAME, "
+                        "combine, weighted) runs once per value, as its own label (cagrad[c=0.5]); several --grid "
+                        "make the product (cagrad[c=0.5,hold=50]; the full key when two share their last part); "
+                        "values are parsed like --set, a list in brackets (weighting.hidden_sizes=[64,64],[128,128])")
     parser.add_argument("--backend", choices=("local", "ray"), default="local", help="local processes or Ray tasks")
     parser.add_argument("--workers", type=int, help="runs at once (default: what cores and memory allow)")
     parser.add_argument("--ray-address", help="Ray cluster to join (e.g. auto or ray://host:10001); "
                         "default: start a local Ray instance")
     parser.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per run on Ray (fractions share one)")
     parser.add_argument("--cpus-per-run", type=int, help="CPUs Ray reserves per run (default: torch threads)")
+    parser.add_argument("--track", action="store_true", help="log every run to Weights & Biases as well "
+                        "(rl_mtl.train --track), grouped by the sweep directory's name")
+    parser.add_argument("--wandb-project", help="W&B project of the runs (with --track)")
+    parser.add_argument("--wandb-entity", help="W&B entity (user or team) of the runs (with --track)")
+    parser.add_argument("--wandb-group", help="W&B group of the runs (with --track; default: the sweep "
+                        "directory's name)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and the commands, run nothing")
     return parser
 
@@ -211,8 +449,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ConfigError("--num-gpus", f"must be >= 0, got {args.num_gpus}")
 
 
-def make_plan(args: argparse.Namespace) -> tuple[Path, list[Planned], int, int]:
-    """Resolve every run's config and state; returns ``(out, plan, workers, threads)``.
+def make_plan(args: argparse.Namespace) -> SweepPlan:
+    """Resolve every run's label, config and state (method × grid point × seed; ``stl``: seed × task).
 
     Raises :class:`ConfigError` naming the flag at fault before anything runs.
     """
@@ -222,22 +460,83 @@ def make_plan(args: argparse.Namespace) -> tuple[Path, list[Planned], int, int]:
     for key, flag in _SWEEP_KEYS.items():
         if key in overrides:
             raise ConfigError(f"--set {key}", f"is set by the sweep; use {flag}")
+    if STL in methods and overrides.get("weighting", "none") != "none":
+        raise ConfigError("--set weighting", "stl is plain SAC on each task and takes no loss weighting; give the "
+                          "other methods theirs as METHOD+WEIGHTING labels")
+    grid = parse_grid(args.grid, overrides)
     base = {**overrides, "env": args.env, **({"steps": args.steps} if args.steps else {})}
     seeds = range(args.first_seed, args.first_seed + args.seeds)
-    labelled = [(m, _config(args.config, {**base, **label_overrides(m), "seed": s})) for m in methods for s in seeds]
     config_name = Path(args.config).stem if is_config_path(args.config) else args.config
     out = Path(args.out or Path("sweeps") / f"{args.env.replace(':', '-')}_{config_name}").resolve()
-    states = [classify(cfg, runs.run_dir(out, label, cfg.seed)) for label, cfg in labelled]
+    # (label, method label, grid options, task, config) of every run
+    wanted: list[tuple[str, str, dict[str, str], str | None, TrainConfig]] = []
+    for method in methods:
+        if method == STL:
+            tasks = stl_tasks(args.env)
+            _config(args.config, {**base, "seed": seeds[0]})  # a bad --env or --set is reported as for the others
+            stl = [(STL, STL, {}, task, _config(args.config, {**base, "env": f"mt1:{task}", "method": "mtsac",
+                                                               "seed": s})) for s in seeds for task in tasks]
+            if stl[0][-1].weighting != "none":  # from a YAML --config: the train command would not undo it
+                raise ConfigError("--config", f"{args.config} sets weighting {stl[0][-1].weighting}, but stl is "
+                                  "plain SAC on each task; set the weighting by METHOD+WEIGHTING labels instead")
+            wanted += stl
+            continue
+        _config(args.config, {**base, **label_overrides(method), "seed": seeds[0]})  # the method exists
+        for label, options in grid_points(method, grid):
+            wanted += [(label, method, options, None,
+                        _config(args.config, {**_with_point(base, options), **label_overrides(method), "seed": s},
+                                grid)) for s in seeds]
+    for axis in grid:
+        if not any(options.get(axis.key) is not None for _, _, options, _, _ in wanted):
+            raise ConfigError(f"--grid {axis.key}", f"no method of --methods ({', '.join(methods)}) has this option")
+    notes = [f"--grid {axis.key} does not apply to {', '.join(without)}: they run once without it"
+             for axis in grid if (without := [m for m in methods if not grid_applies(axis.key, m)])]
+    from rl_mtl.routing import weighting_warning  # torch: only once the input is valid
+
+    notes += list(dict.fromkeys(f"{label}: {warning.removeprefix('warning: ')}" for label, _, _, _, cfg in wanted
+                                if (warning := weighting_warning(cfg)) is not None))
+    dirs = [runs.run_dir(out, label, cfg.seed, task) for label, _, _, task, cfg in wanted]
+    states = [classify(cfg, run) for (_, _, _, _, cfg), run in zip(wanted, dirs)]
     todo = sum(state in (NEW, RESUME) for state, _ in states)
-    workers, threads = plan_workers(max(todo, 1), available_cores(), available_memory(), run_memory(labelled[0][1]),
-                                    args.workers, overrides.get("torch_threads") or None)
+    workers, threads = plan_workers(max(todo, 1), available_cores(), available_memory(),
+                                    max(run_memory(cfg) for *_, cfg in wanted), args.workers,
+                                    overrides.get("torch_threads") or None)
     set_items = list(args.set) + ([] if overrides.get("torch_threads") else [f"torch_threads={threads}"])
+    tracking = tracking_flags(args, out)
     plan = []
-    for (label, cfg), (state, reason) in zip(labelled, states):
-        run = runs.run_dir(out, label, cfg.seed)
-        command = train_command(state, run, label, cfg, resolve_preset(args.config), set_items)
-        plan.append(Planned(label, cfg, state, reason, RunSpec(label, cfg.seed, run, state, command, threads)))
-    return out, plan, workers, threads
+    for (label, method, options, task, cfg), run, (state, reason) in zip(wanted, dirs, states):
+        items = [f"{key}={value}" for key, value in options.items()] + set_items
+        command = train_command(state, run, method, cfg, resolve_preset(args.config), items, tracking)
+        plan.append(Planned(label, cfg, state, reason, RunSpec(label, cfg.seed, run, state, command, threads),
+                            task, options))
+    return SweepPlan(out, plan, workers, threads, grid, notes)
+
+
+def manifest_entries(out: Path, plan: Sequence[Planned]) -> list[dict[str, Any]]:
+    """``sweep.json``'s ``runs``: one entry per run (each stl task a run) with its label as ``method``, its
+    directory, and the task or grid options where it has them."""
+    entries = []
+    for p in plan:
+        entry: dict[str, Any] = {"method": p.label, "seed": p.cfg.seed,
+                                 "dir": p.spec.run_dir.relative_to(out).as_posix()}
+        if p.task:
+            entry["task"] = p.task
+        if p.options:
+            entry["options"] = dict(p.options)
+        entries.append(entry)
+    return entries
+
+
+def label_counts(plan: Sequence[Planned]) -> str:
+    """``mtsac (2 seeds), stl (2 seeds × 10 tasks)``: the labels in plan order, for the console."""
+    seeds: dict[str, set[int]] = collections.defaultdict(set)
+    tasks: dict[str, set[str]] = collections.defaultdict(set)
+    for p in plan:
+        seeds[p.label].add(p.cfg.seed)
+        if p.task:
+            tasks[p.label].add(p.task)
+    return ", ".join(f"{label} ({len(seeds[label])} seed{'s' * (len(seeds[label]) > 1)}"
+                     + (f" × {len(tasks[label])} tasks" if tasks[label] else "") + ")" for label in seeds)
 
 
 def diverged_message(run: Path) -> str:
@@ -254,9 +553,10 @@ def _annotate(outcome: Outcome) -> None:
         outcome.message = diverged_message(outcome.run_dir)
 
 
-def _print_outcome(outcome: Outcome) -> None:
+def _print_outcome(outcome: Outcome, names: dict[Path, str] | None = None) -> None:
+    """One console line per finished, failed, skipped or conflicting run (``names``: how to call each run dir)."""
     _annotate(outcome)
-    line = f"{outcome.method} seed{outcome.seed}: {outcome.status}"
+    line = f"{_name(outcome, names)}: {outcome.status}"
     if outcome.seconds:
         line += f" after {outcome.seconds:.0f} s"
     if outcome.message:
@@ -266,42 +566,62 @@ def _print_outcome(outcome: Outcome) -> None:
     print(line, flush=True)
 
 
+def _name(outcome: Outcome, names: dict[Path, str] | None) -> str:
+    """``cagrad[c=0.5] seed3`` or, for an stl run, ``stl seed0 reach-v3``."""
+    return (names or {}).get(outcome.run_dir) or f"{outcome.method} seed{outcome.seed}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; 0 when every run is finished, 1 when some failed or conflict, 130 when interrupted."""
     args = build_parser().parse_args(argv)
     try:
-        out, plan, workers, threads = make_plan(args)
+        sweep_plan = make_plan(args)
     except ConfigError as exc:
         fail(PROG, str(exc))
+    out, plan, workers, threads = sweep_plan.out, sweep_plan.runs, sweep_plan.workers, sweep_plan.threads
+    names = {p.spec.run_dir: p.name for p in plan}
+
+    def report(outcome: Outcome) -> None:
+        _print_outcome(outcome, names)
+
     counts = collections.Counter(p.state for p in plan)
     print(f"sweep {out}: {len(plan)} runs — {counts[DONE]} finished (skipped), {counts[RESUME]} to resume, "
           f"{counts[NEW]} new, {counts[CONFLICT]} in conflict; backend {args.backend}, {workers} at once, "
           f"{threads} torch thread(s) each", flush=True)
+    print(f"labels: {label_counts(plan)}", flush=True)
+    for note in sweep_plan.notes:
+        print(f"note: {note}", flush=True)
     outcomes = [Outcome(p.label, p.cfg.seed, p.spec.run_dir, "conflict" if p.state == CONFLICT else "skipped",
                         message=p.reason) for p in plan if p.state in (CONFLICT, DONE)]
     for outcome in outcomes:
         if outcome.status == "conflict":
-            _print_outcome(outcome)
+            report(outcome)
     specs = [p.spec for p in plan if p.state in (NEW, RESUME)]
     if args.dry_run:
         for spec in specs:
-            print(f"{spec.action}: {' '.join(spec.command)}")
+            print(f"{spec.action}: {shlex.join(spec.command)}")  # quoted: a grid label holds [ and ]
         return 0
     out.mkdir(parents=True, exist_ok=True)
-    runs.update_manifest(out, {
+    entry = {
         "env": args.env, "config": args.config, "set": list(args.set), "steps": plan[0].cfg.steps,
-        "methods": parse_methods(args.methods), "seeds": list(range(args.first_seed, args.first_seed + args.seeds)),
+        "methods": parse_methods(args.methods), "labels": list(dict.fromkeys(p.label for p in plan)),
+        "grid": {axis.key: list(axis.values) for axis in sweep_plan.grid},
+        "seeds": list(range(args.first_seed, args.first_seed + args.seeds)),
         "backend": args.backend, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }, [{"method": p.label, "seed": p.cfg.seed, "dir": str(p.spec.run_dir.relative_to(out))} for p in plan])
+    }
+    if args.track:
+        entry["wandb"] = {"project": args.wandb_project, "entity": args.wandb_entity,
+                          "group": args.wandb_group or out.name}
+    runs.update_manifest(out, entry, manifest_entries(out, plan))
     if specs:
         if args.backend == "ray":
             cpus = args.cpus_per_run or threads
             try:
-                outcomes += run_ray(specs, _print_outcome, args.ray_address, workers * cpus, cpus, args.num_gpus)
+                outcomes += run_ray(specs, report, args.ray_address, workers * cpus, cpus, args.num_gpus)
             except ImportError:
                 fail(PROG, "--backend ray: ray is not installed; pip install -e '.[ray]' (or pip install ray)")
         else:
-            outcomes += run_local(specs, workers, _print_outcome)
+            outcomes += run_local(specs, workers, report)
     final = collections.Counter(o.status for o in outcomes)
     print("done: " + ", ".join(f"{n} {status}" for status, n in sorted(final.items()))
           + f"; report with: python -m rl_mtl.report {out}", flush=True)
@@ -309,7 +629,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if outcome.status == "failed":
             _annotate(outcome)
             what = f"{outcome.message}; " if outcome.returncode == runs.DIVERGED_EXIT else ""
-            print(f"FAILED {outcome.method} seed{outcome.seed}: {what}log {outcome.run_dir / runs.LOG}", flush=True)
+            print(f"FAILED {_name(outcome, names)}: {what}log {outcome.run_dir / runs.LOG}", flush=True)
     if final["interrupted"] or final["not started"]:
         return 130
     return 1 if final["failed"] or final["conflict"] or final["locked"] else 0
