@@ -1,4 +1,5 @@
-"""The one place that writes logs: TensorBoard scalars and text, a long-format CSV, and the console progress bar.
+"""The one place that writes logs: TensorBoard scalars and text, a long-format CSV, and the console progress bar
+(and, with ``--track``, W&B: the ``mirror`` gets every scalar TensorBoard gets).
 
 Values are recorded any number of times between two dumps (``record`` / ``record_tasks``) and averaged at the
 dump; tensors stay on their device until then, so recording costs no host synchronisation on the hot path.
@@ -10,7 +11,7 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -27,11 +28,13 @@ class Logger:
         total_steps: int,
         start_step: int = 0,
         progress: bool = True,
+        mirror: Callable[[dict[str, float], int], None] | None = None,
     ) -> None:
         from torch.utils.tensorboard import SummaryWriter  # heavy import, only when a run starts
 
         self.run_dir = Path(run_dir)
         self.task_names = list(task_names)
+        self.mirror = mirror  # gets every scalar TensorBoard gets, at the same step (W&B with --track)
         # purge_step drops events a crashed run wrote after its last checkpoint (those at the checkpoint's own step
         # were written before it was saved), so a resumed curve is continuous
         self.writer = SummaryWriter(str(self.run_dir), purge_step=start_step + 1 if start_step > 0 else None)
@@ -93,23 +96,28 @@ class Logger:
                     out[f"{prefix}/{name}"] = float(v)
             else:
                 out[key] = float(total) / count
-        for key, value in out.items():
-            if math.isfinite(value):
-                self.writer.add_scalar(key, value, step)
-            self._csv.writerow([step, key, value])
-        self._csv_file.flush()
-        self.writer.flush()
+        self._write(out, step, finite_only=True)
         self._sums.clear()
         self._counts.clear()
         return out
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         """Write already-aggregated scalars (evaluation results) immediately."""
+        self._write(values, step)
+
+    def _write(self, values: Mapping[str, float], step: int, finite_only: bool = False) -> None:
+        """The one place scalars are written: ``metrics.csv`` gets every value, TensorBoard the finite ones of an
+        interval's means (all of the others), and the mirror exactly what TensorBoard got."""
+        shown: dict[str, float] = {}
         for key, value in values.items():
-            self.writer.add_scalar(key, value, step)
+            if not finite_only or math.isfinite(value):
+                self.writer.add_scalar(key, value, step)
+                shown[key] = value
             self._csv.writerow([step, key, value])
         self._csv_file.flush()
         self.writer.flush()
+        if self.mirror is not None and shown:
+            self.mirror(shown, step)
 
     def text(self, tag: str, text: str, step: int = 0) -> None:
         """TensorBoard text (the resolved config at step 0)."""
