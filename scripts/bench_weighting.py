@@ -1,15 +1,19 @@
-"""Overhead of a loss weighting on the multi-task SAC update, in one process (DESIGN §6; issue target ≤ 10 %).
+"""Overhead of a loss weighting on the multi-task SAC update, in one process (architecture §6; issue target ≤ 10 %).
 
 For each method (plain ``mtsac`` and a gradient combiner, ``imgrad`` by default) the same agent, replay and batch
 sequence run ``--updates`` updates unweighted and with each weighting; the updates span several hold windows, so
 the cost of IGBv2's meta-SAC (its acting and learning at each window boundary) and of its same-batch loss
 re-evaluations is included in the mean; IGBv2 is first fast-forwarded past the windows in which its meta-replay
-is still too small to learn from, so that its meta updates are timed too.  Variants run in interleaved blocks so that machine noise hits them alike.
+is still too small to learn from, so that its meta updates are timed too.  Variants run in interleaved blocks so
+that machine noise hits them alike.
 Prints ms per update, the ratio to the unweighted update (median over blocks of each block's ratio to the
 unweighted block run just before it) and, measured directly, the time spent inside the weighting per update (its
-``weights`` and the routing's ``after_step``: window sums, IGBv2's meta-SAC, the same-batch re-evaluation) as a
-share of the unweighted update — on a noisy machine the block ratios scatter by ±5 % while the direct figure is
-stable.  The last line is ``igbv2_overhead=<x>``, that share for ``imgrad`` + ``igbv2`` (target ≤ 0.10).
+``factors``/``weights``, ``observe_norms`` and the routing's ``after_step``: window sums, IGBv2's meta-SAC, the
+same-batch re-evaluation; for ``grad_scale`` on the plain ``mtsac`` path also the per-task gradient pass it takes
+once per window — on a Gram route its norms are the Gram's diagonal, free) as a share of the unweighted update —
+on a noisy machine the block ratios scatter by ±5 % while the direct figure is stable.  The last lines are
+``grad_scale_overhead=<x>`` (that share for ``mtsac`` + ``grad_scale``, the path where it costs something) and
+``igbv2_overhead=<x>`` (for ``imgrad`` + ``igbv2``, target ≤ 0.10).
 
     python scripts/bench_weighting.py [--preset mt10_cpu|mt10] [--updates 1000] [--hold 100] [--threads 2]
 """
@@ -62,7 +66,7 @@ def build(preset: str, device: torch.device, method: str, weighting: str, hold: 
           ) -> tuple[MTSAC, MultiTaskReplay, int]:
     """A fresh seeded agent with ``method`` and ``weighting`` routed in, on the shared random replay."""
     agent, replay, batch_size = agent_and_replay(preset, device)
-    opts = {} if weighting == "none" else {"hold": hold}
+    opts = {} if weighting in ("none", "si", "uw") else {"hold": hold}
     steps = build_steps(method, {}, "auto", 0, 0, weighting, opts, "critic")
     for step in steps.values():
         if step.weighting is not None and step.weighting.name == "igbv2":
@@ -88,7 +92,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="mt10_cpu")
     parser.add_argument("--methods", default="mtsac,imgrad")
-    parser.add_argument("--weightings", default="rlw,igbv1,igbv2")
+    parser.add_argument("--weightings", default="si,rlw,igbv1,igbv2,grad_scale,uw,dwa")
     parser.add_argument("--updates", type=int, default=1000, help="timed updates per variant (several windows)")
     parser.add_argument("--hold", type=int, default=100, help="updates per weight choice")
     parser.add_argument("--blocks", type=int, default=10, help="interleaved timing blocks per variant")
@@ -104,8 +108,11 @@ def main() -> None:
     for key, (agent, _, _) in variants.items():
         for step in agent.reducers.values():
             if getattr(step, "weighting", None) is not None:
-                watches[key].wrap(step.weighting, "weights")
+                watches[key].wrap(step.weighting, "factors")  # weights() and the factors s
+                watches[key].wrap(step.weighting, "observe_norms")
                 watches[key].wrap(step, "after_step")
+                if step.plain and step.diag_every == 0:  # every per-task pass on this path is grad_scale's
+                    watches[key].wrap(step, "gradients_and_gram")
     for agent, replay, batch_size in variants.values():  # warm-up: first windows, allocator, meta networks
         run_block(agent, replay, batch_size, 2 * args.hold + 5)
     for watch in watches.values():
@@ -127,8 +134,10 @@ def main() -> None:
         share = spent[(method, name)] / ms[(method, "none")]
         print(f"{method:<10}{name:<11}{value:>10.2f}{ratio[(method, name)]:>12.3f}{spent[(method, name)]:>16.3f}"
               f"{share:>21.3f}")
-    key = ("imgrad", "igbv2") if ("imgrad", "igbv2") in ms else next(k for k in ms if k[1] == "igbv2")
-    print(f"igbv2_overhead={spent[key] / ms[(key[0], 'none')]:.3f}")
+    for name, preferred in (("grad_scale", "mtsac"), ("igbv2", "imgrad")):
+        key = (preferred, name) if (preferred, name) in ms else next((k for k in ms if k[1] == name), None)
+        if key is not None:
+            print(f"{name}_overhead={spent[key] / ms[(key[0], 'none')]:.3f}")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ LEARNED = ("rlw", "igbv1", "igbv2")
 
 def small(name: str, **kwargs: Any) -> Weighting:
     """A weighting with a short hold and, for IGBv2, a tiny quickly-warmed meta-SAC."""
-    extra = {"warmup": 2, "batch_size": 4, "hidden_sizes": (16, 16)} if name == "igbv2" else {}
+    extra = {"igbv2": {"warmup": 2, "batch_size": 4, "hidden_sizes": (16, 16)}, "igbv1": {"warmup": 0}}.get(name, {})
     return weighting.make(name, **{"hold": 2, **extra, **kwargs})
 
 
@@ -86,15 +86,25 @@ def test_floored_weights_formula() -> None:
     assert lam.tolist() == pytest.approx([4 * (0.7 + 0.075), 0.3, 0.3, 0.3])
 
 
-def test_igbv1_favours_the_task_whose_loss_rose_most_over_its_baseline() -> None:
-    """Equal losses build the baseline; then task 2's loss triples: λ = K·softmax(log(L̄/b)) picks task 2."""
-    w = weighting.make("igbv1", hold=10, baseline_rate=1e-2)
+@pytest.mark.parametrize("form", ["reference", "log"])
+def test_igbv1_favours_the_task_whose_loss_rose_most_over_its_baseline(form: str) -> None:
+    """Equal losses build the baseline; then task 2's loss triples: λ = K·softmax(L̄/b) (the paper's, reference
+    form) or K·softmax(log(L̄/b)) picks task 2; the ratio matches the bias-corrected EMA computed by hand."""
+    w = weighting.make("igbv1", hold=10, baseline_rate=1e-2, form=form, warmup=0)
     drive(w, [torch.ones(K)] * 200)
-    lam = drive(w, [torch.tensor([1.0, 1.0, 3.0, 1.2])] * 11)[-1]
+    loss = torch.tensor([1.0, 1.0, 3.0, 1.2], dtype=torch.float64)
+    drive(w, [loss] * 10)
+    w.pop_stats()  # the next interval holds only the boundary below
+    lam = drive(w, [loss])[-1]
     assert int(lam.argmax()) == 2
+    norm = 1.0 - 0.99**200  # the EMA of 200 ones, and its bias correction, are both this
+    step = 1.0 - 0.99**10  # one window of 10 updates at rate 1e-2
+    baseline = ((1 - step) * norm + step * loss) / ((1 - step) * norm + step)
+    expected_ratio = torch.log(loss / baseline)
     ratio = w.stats()[1]["loss_ratio"].double()
-    assert lam.tolist() == pytest.approx((K * torch.softmax(ratio, 0)).tolist(), rel=1e-5)
-    assert ratio[2] > ratio[3] > ratio[0] == pytest.approx(0.0, abs=1e-2)
+    assert ratio.tolist() == pytest.approx(expected_ratio.tolist(), rel=1e-5)
+    z = loss / baseline if form == "reference" else expected_ratio
+    assert lam.tolist() == pytest.approx((K * torch.softmax(z, 0)).tolist(), rel=1e-5)
 
 
 def test_rlw_is_random_but_seeded() -> None:
@@ -120,7 +130,7 @@ def test_bad_hyperparameters_name_the_option() -> None:
         weighting.make("igbv1", space="sqrt")
     with pytest.raises(ValueError, match="reward_samples"):
         weighting.make("igbv2", reward_samples=0)
-    with pytest.raises(ValueError, match="known: none, rlw, igbv1, igbv2"):
+    with pytest.raises(ValueError, match="known: none, rlw, igbv1, igbv2, si, grad_scale, uw, dwa"):
         weighting.make("gradnorm")
 
 
@@ -188,7 +198,7 @@ def test_igbv2_state_dict_round_trip_continues_identically() -> None:
 
 
 def test_correlation_with_failure_rate_is_reported() -> None:
-    w = weighting.make("igbv1", hold=1)
+    w = weighting.make("igbv1", hold=1, warmup=0)
     drive(w, [torch.ones(K)] * 5)
     # task 3 fails most and has the highest loss ratio → positive correlation
     drive(w, [torch.tensor([1.0, 1.0, 1.0, 5.0])] * 3, {"success": np.array([0.9, 0.8, 0.7, 0.0])})
@@ -289,7 +299,8 @@ def test_method_shorthand_and_config_errors() -> None:
     assert (cfg.method, cfg.weighting) == ("mtsac", "igbv2")
     cfg = build_config("mt10_cpu", {"method": "imgrad", "weighting": "igbv1", **parse_set(["weighting.hold=7"])})
     assert (cfg.method, cfg.weighting, cfg.weighting_opts) == ("imgrad", "igbv1", {"hold": 7})
-    with pytest.raises(ConfigError, match="--weighting: unknown weighting 'igb'; known: none, rlw, igbv1, igbv2"):
+    with pytest.raises(ConfigError, match="--weighting: unknown weighting 'igb'; known: none, rlw, igbv1, igbv2, si, "
+                                          "grad_scale, uw, dwa"):
         build_config("mt10_cpu", {"weighting": "igb"})
     with pytest.raises(ConfigError, match="--method: 'igbv2' is shorthand"):
         build_config("mt10_cpu", {"method": "igbv2", "weighting": "rlw"})
@@ -318,7 +329,9 @@ def test_cli_imgrad_with_igbv2_on_mt10_logs_lambda_and_resumes(tmp_path: Path) -
     tags = tb_scalars(run)
     for tag in ("weighting/lambda/reach-v3", "weighting/lambda/window-close-v3", "weighting/meta_reward",
                 "weighting/meta_critic_loss", "weighting/meta_actor_loss", "weighting/meta_alpha",
-                "weighting/fallbacks"):
+                "weighting/fallbacks", "weighting/meta_updates", "weighting/meta_policy_std",
+                "weighting/grad_factor/reach-v3", "weighting/greedy_lambda/reach-v3", "weighting/p_entropy",
+                "weighting/lambda_min", "weighting/lambda_max", "combiner/critic/direction_share/reach-v3"):
         assert tag in tags, tag
     lam = [v for s, v in tags["weighting/lambda/reach-v3"]]
     assert all(math.isfinite(v) and v >= 0.3 - 1e-6 for v in lam)

@@ -17,6 +17,17 @@ follow the paper (and its toy/supervised code), so the weights are a convex comb
 known lower bound ``min_losses`` (0 by default); we assume ``ℓ ≥ 0`` (SAC critic losses are) and clamp negative
 losses to 0 — callers with another floor (the toy problem) subtract it first.  Non-finite losses fall back to the
 mean in the base class, and an ``after_step`` with non-finite losses is skipped (counted).
+
+With a loss weighting (architecture §6) FAMO runs *on the weighted losses*: FAMO already descends log-losses, so a
+log-space weighting's terms ``λ_k log L_k`` become FAMO's log-loss terms (:meth:`FAMO.weigh_log_losses`):
+
+    w_i = z_i λ_i / (ℓ_i + ε) / Σ_j z_j λ_j / (ℓ_j + ε),     δ_i = λ_i (log(ℓ_i^before + ε) − log(ℓ_i^after + ε)),
+
+i.e. exactly FAMO on the losses ``ℓ_k^{λ_k}`` (whose logs are ``λ_k log ℓ_k``), up to the positive scalar FAMO's
+``c`` normalises away — and the weights already hold the weighting (the router applies them to the unweighted
+losses; multiplying by the weighting's factor ``λ_k/ℓ_k`` as well would take the log twice).  A linear-space
+weighting ``λ_k ℓ_k`` cancels in FAMO's ``log`` (FAMO is invariant to loss scaling, like Nash-MTL), so it has no
+effect, and neither has ``si`` (λ = 1 in log space is FAMO itself): ``train`` and ``sweep`` warn.
 """
 
 from __future__ import annotations
@@ -56,7 +67,14 @@ class FAMO(Combiner):
         self._v: np.ndarray | None = None
         self._t = 0
         self._before: np.ndarray | None = None  # clamped losses of the last call, for after_step
+        self._log_weights: np.ndarray | None = None  # λ of a log-space loss weighting (None: λ = 1)
+        self._step_weights: np.ndarray | None = None  # ... as used by the last call, for its after_step
         self.skipped_updates = 0
+
+    def weigh_log_losses(self, lam: Tensor | None) -> None:
+        """Make the next call FAMO on the weighted log-losses ``λ_k log ℓ_k`` (see the module docstring); None:
+        unweighted (also the call for a linear-space weighting, which FAMO's log cancels)."""
+        self._log_weights = None if lam is None else lam.detach().to("cpu", torch.float64).numpy().reshape(-1)
 
     def _solve(self, gram: np.ndarray | None, losses: np.ndarray, scale: float) -> np.ndarray:
         ell = np.maximum(losses, 0.0)
@@ -64,8 +82,9 @@ class FAMO(Combiner):
         if self.logits is None or self.logits.shape[0] != k:
             self.logits, self._m, self._v, self._t = np.zeros(k), np.zeros(k), np.zeros(k), 0
         z = _softmax(self.logits)
-        inv = z / (ell + self.eps)
-        self._before = ell
+        lam = self._log_weights if self._log_weights is not None and self._log_weights.shape == (k,) else None
+        inv = (z if lam is None else z * lam) / (ell + self.eps)
+        self._before, self._step_weights = ell, lam
         self._extra.update({f"z_{i}": float(z[i]) for i in range(k)})
         return inv / inv.sum()
 
@@ -78,6 +97,8 @@ class FAMO(Combiner):
             self.skipped_updates += 1
             return
         delta = np.log(self._before + self.eps) - np.log(np.maximum(after, 0.0) + self.eps)
+        if self._step_weights is not None:  # the decline of the weighted log-losses λ_k log ℓ_k
+            delta = self._step_weights * delta
         z = _softmax(self.logits)
         grad = z * (delta - float(z @ delta)) + self.weight_decay * self.logits
         self._t += 1
@@ -100,12 +121,14 @@ class FAMO(Combiner):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         for name, attr in _ARRAYS.items():
-            setattr(self, attr, None if state[name] is None else np.asarray(state[name], dtype=np.float64))
+            value = state.get(name)  # checkpoints from before the weighting composition lack the last two
+            setattr(self, attr, None if value is None else np.asarray(value, dtype=np.float64))
         self._t = int(state["adam_t"])
         self.skipped_updates = int(state["skipped_updates"])
 
 
-_ARRAYS = {"logits": "logits", "adam_m": "_m", "adam_v": "_v", "losses_before": "_before"}
+_ARRAYS = {"logits": "logits", "adam_m": "_m", "adam_v": "_v", "losses_before": "_before",
+           "log_weights": "_log_weights", "step_weights": "_step_weights"}
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

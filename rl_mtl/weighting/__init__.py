@@ -1,4 +1,4 @@
-"""Loss weightings: ``names()`` lists them, ``make(name, **hparams)`` builds one (DESIGN §6).
+"""Loss weightings: ``names()`` lists them, ``make(name, **hparams)`` builds one (architecture §6).
 
 Weights ``λ`` (detached, summing to K) scale the per-task losses before the per-task gradients are taken, so they
 compose with every gradient combiner.  A new weighting is one file here plus one line in ``_REGISTRY``.
@@ -10,13 +10,17 @@ import importlib
 import inspect
 from typing import Any
 
-from rl_mtl.weighting.base import Weighting, floored_weights, gradient_scale
+from rl_mtl.weighting.base import Weighting, floored_weights, gradient_scale, loss_ratio
 
 _REGISTRY: dict[str, str] = {
     "none": "none:NoWeighting",
     "rlw": "rlw:RLW",
     "igbv1": "igbv1:IGBv1",
     "igbv2": "igbv2:IGBv2",
+    "si": "si:SI",
+    "grad_scale": "grad_scale:GradScale",
+    "uw": "uw:UW",
+    "dwa": "dwa:DWA",
 }
 
 
@@ -50,4 +54,4 @@ def make(name: str, **kwargs: Any) -> Weighting:
     return get_class(name)(**kwargs)
 
 
-__all__ = ["Weighting", "floored_weights", "get_class", "gradient_scale", "hparams", "make", "names"]
+__all__ = ["Weighting", "floored_weights", "get_class", "gradient_scale", "hparams", "loss_ratio", "make", "names"]

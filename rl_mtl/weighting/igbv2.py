@@ -1,23 +1,34 @@
 """IGBv2 for RL: task weights chosen by a small SAC rewarded by the decline of the task losses.
 
-The paper (IGB §4.2) treats the choice of weights as a sequential decision: state = the normalised task losses,
-action = the weights, reward = the loss decline.  Its literal form fails on SAC (``../shared/references.md``,
-"IGB for RL"), so, per hold window of ``hold`` updates:
+The paper (IGB §4.2) treats the choice of weights as a sequential decision: state = the task losses, action = the
+weights, reward = the loss decline.  Its reference code (YanqiDai/IGB4MTL, ``ImprovableGapBalancing_v2``) acts at
+every batch on the raw batch losses, with actions ``K·softmax(u)`` (no floor), reward ``min_k (L_k(t−1) −
+L_k(t))/b_k`` (the decline between consecutive batches, over the epoch-2 baseline), random weights for the first 5
+epochs, and its SAC (2×128) trained every 50 batches from the 3rd epoch on with ``γ = 0.99`` and ``lr = 3e-4``
+(``SAC_Agent`` defaults, ``--sac_lr``).  That literal form fails on SAC (``docs/architecture.md`` §11, "IGB for
+RL"), so, per hold window of ``hold`` updates:
 
-* state ``s = [clip(log(L̄_k/b_k), ±5) (K), success_k (K), t/T]`` — loss ratio to the slow baseline, recent
-  training success per task, training progress;
+* state ``s = [clip(log(L̄_k/b_k), ±5) (K), success_k (K), t/T]`` — loss ratio to the baseline (running by
+  default, frozen with ``baseline_updates``), recent training success per task, training progress;
 * action ``a ∈ [−1, 1]^K`` from :class:`~rl_mtl.weighting.meta_sac.MetaSAC`;
   ``λ = K·((1−ε)·softmax(logit_scale·a) + ε/K)``;
 * reward: the same-batch decline of each task's log loss, ``d_k = log L_k(before step) − log L_k(after step)``
   (the loss re-evaluated on the batch it was just trained on, so it measures the step, not the data), averaged
-  over ``reward_samples`` updates of the window, divided by its running RMS over windows, and aggregated with a
-  soft-min over tasks (``softmin_temp``): the controller is paid for the task that improves least, not the mean;
-* the first ``warmup`` windows use random weights (the meta-replay's seed data).
+  over ``reward_samples`` updates of the window — the *last* update of each of ``reward_samples`` equal
+  sub-blocks, so that Adam's momentum, which still carries the previous window's weights at the window's first
+  updates, has mostly turned over —, divided by its running RMS over windows, and aggregated with a soft-min over
+  tasks (``softmin_temp``): the controller is paid for the task that improves least, not the mean;
+* the first ``warmup`` windows use uniformly random actions; the meta-SAC learns from its ``learn_after``-th
+  transition on (window ``learn_after + 1``, whatever ``hold`` is), on a batch that grows with its replay up to
+  ``batch_size``, and its policy starts with a pre-squash σ of ``init_std`` (``meta_sac.py``).
 
-Defaults not fixed by the references: ``softmin_temp = 0.1`` on declines in units of their RMS (close to the
-minimum: at τ ≈ 1 the soft-min is nearly the mean, which rewards pouring weight on the fastest tasks — measured on
-the hand-made problem in the tests), and the meta-SAC's ``gamma = 0.5``, ``lr = 3e-3`` (a window's weights
-mostly affect that window; a CPU run has only a few hundred windows to learn from).
+Defaults that differ from the reference, and why: ``gamma = 0.5`` and ``lr = 3e-3`` (reference 0.99 and 3e-4) —
+the reference makes one decision per batch, tens of thousands per run, while a window here is 100 updates and a
+CPU run has a few hundred windows to learn from, and a window's weights mostly affect that window's own losses;
+``softmin_temp = 0.1`` on declines in units of their RMS (close to the reference's min: at τ ≈ 1 the soft-min is
+nearly the mean, which rewards pouring weight on the fastest tasks — measured on the hand-made problem in the
+tests).  Logged: ``meta_reward``, ``meta_critic_loss``, ``meta_actor_loss``, ``meta_alpha``, ``meta_policy_std``,
+``greedy_lambda`` (the λ of the policy's mean action) as interval means, and ``meta_updates`` so far.
 """
 
 from __future__ import annotations
@@ -29,7 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rl_mtl.weighting.base import Weighting, softmin
+from rl_mtl.weighting.base import Weighting, floored_weights, softmin
 from rl_mtl.weighting.meta_sac import MetaSAC
 
 #: the loss-ratio features are clipped to ±this (a task whose loss is e^5 × its baseline is simply "very high")
@@ -43,27 +54,33 @@ class IGBv2(Weighting):
 
     def __init__(self, hold: int = 100, floor: float = 0.3, space: str = "log", baseline_rate: float = 1e-3,
                  eps: float = 1e-8, logit_scale: float = 2.0, softmin_temp: float = 0.1, reward_samples: int = 10,
-                 warmup: int = 10, hidden_sizes: tuple[int, ...] = (128, 128), batch_size: int = 64,
-                 updates: int = 4, buffer: int = 2000, gamma: float = 0.5, lr: float = 3e-3,
-                 init_alpha: float = 0.1, seed: int = 0) -> None:
-        super().__init__(hold=hold, floor=floor, space=space, baseline_rate=baseline_rate, eps=eps, seed=seed)
+                 warmup: int = 10, learn_after: int = 4, hidden_sizes: tuple[int, ...] = (128, 128),
+                 batch_size: int = 64, updates: int = 4, buffer: int = 2000, gamma: float = 0.5, lr: float = 3e-3,
+                 init_alpha: float = 0.1, init_std: float = 1.0, baseline_updates: int = 0,
+                 seed: int = 0) -> None:
+        super().__init__(hold=hold, floor=floor, space=space, baseline_rate=baseline_rate,
+                         baseline_updates=baseline_updates, eps=eps, seed=seed)
         values = {"logit_scale": logit_scale, "softmin_temp": softmin_temp, "reward_samples": reward_samples,
-                  "warmup": warmup, "hidden_sizes": hidden_sizes, "batch_size": batch_size, "updates": updates,
-                  "buffer": buffer, "gamma": gamma, "lr": lr, "init_alpha": init_alpha}
+                  "warmup": warmup, "learn_after": learn_after, "hidden_sizes": hidden_sizes,
+                  "batch_size": batch_size, "updates": updates, "buffer": buffer, "gamma": gamma, "lr": lr,
+                  "init_alpha": init_alpha, "init_std": init_std}
         checks = [
             ("logit_scale", logit_scale > 0.0 and math.isfinite(logit_scale), "finite and > 0"),
             ("softmin_temp", softmin_temp > 0.0 and math.isfinite(softmin_temp), "finite and > 0"),
             ("reward_samples", int(reward_samples) == reward_samples and 1 <= reward_samples,
              "an integer >= 1 (updates per window whose loss decline is measured)"),
             ("warmup", int(warmup) == warmup and warmup >= 0, "an integer >= 0 (windows of random weights)"),
+            ("learn_after", int(learn_after) == learn_after and learn_after >= 1,
+             "an integer >= 1 (meta-transitions before the meta-SAC first learns)"),
             ("hidden_sizes", len(tuple(hidden_sizes)) > 0 and all(int(h) >= 1 for h in hidden_sizes),
              "a non-empty list of positive widths"),
             ("batch_size", int(batch_size) == batch_size and batch_size >= 1, "an integer >= 1"),
-            ("updates", int(updates) == updates and updates >= 0, "an integer >= 0 (meta updates per window)"),
+            ("updates", int(updates) == updates and updates >= 1, "an integer >= 1 (meta updates per window)"),
             ("buffer", int(buffer) == buffer and buffer >= 1, "an integer >= 1 (meta-transitions kept)"),
             ("gamma", 0.0 <= gamma < 1.0, "in [0, 1)"),
             ("lr", lr > 0.0, "> 0"),
             ("init_alpha", init_alpha > 0.0, "> 0"),
+            ("init_std", init_std > 0.0 and math.isfinite(init_std), "finite and > 0 (initial policy σ)"),
         ]
         for name, ok, allowed in checks:
             if not ok:
@@ -72,7 +89,8 @@ class IGBv2(Weighting):
         self.reward_samples = int(reward_samples)
         self._meta_kwargs = dict(hidden_sizes=tuple(int(h) for h in hidden_sizes), gamma=float(gamma), lr=float(lr),
                                  init_alpha=float(init_alpha), batch_size=int(batch_size), updates=int(updates),
-                                 capacity=int(buffer), warmup=int(warmup), seed=self.seed)
+                                 capacity=int(buffer), warmup=int(warmup), learn_after=int(learn_after),
+                                 init_std=float(init_std), seed=self.seed)
         self.meta: MetaSAC | None = None
         self._decline_sum: Tensor | None = None
         self._decline_count: Tensor | None = None
@@ -81,15 +99,16 @@ class IGBv2(Weighting):
         self._prev: tuple[np.ndarray, np.ndarray] | None = None  # the last window's (state, action)
 
     def meta_warmup_windows(self) -> int:
-        """Windows before the meta-SAC first learns: its replay needs ``batch_size`` meta-transitions (one per window
-        after the first) and the random-weight warm-up must be over."""
-        return max(self._meta_kwargs["batch_size"] + 1, self._meta_kwargs["warmup"]) + 1
+        """Windows before the meta-SAC has learnt: the first window has no meta-action, each boundary after the
+        second stores one transition, and it learns once it holds ``learn_after`` of them."""
+        return self._meta_kwargs["learn_after"] + 2
 
     # ------------------------------------------------------------------ the reward signal
     def needs_after(self) -> bool:
-        """Measure the decline at ``reward_samples`` evenly spaced updates of each window."""
+        """Measure the decline at the last update of each of ``reward_samples`` equal sub-blocks of the window
+        (every update when the window is shorter)."""
         stride = max(1, self.hold // self.reward_samples)
-        return self.window_position % stride == 0
+        return self.window_position % stride == stride - 1
 
     def observe(self, before: Tensor, after: Tensor | None = None) -> None:
         """Accumulate the same-batch decline of the (log) losses; skipped for non-finite values."""
@@ -113,7 +132,7 @@ class IGBv2(Weighting):
         self._decline_ms = 0.99 * self._decline_ms + 0.01 * float(decline.pow(2).mean())
         self._decline_ms_norm = 0.99 * self._decline_ms_norm + 0.01
         rms = math.sqrt(self._decline_ms / self._decline_ms_norm)
-        self._vectors["loss_decline"] = decline.float()
+        self._add_vector("loss_decline", decline)
         return float(softmin(decline / (rms + 1e-12), self.softmin_temp))
 
     # ------------------------------------------------------------------ choosing λ
@@ -129,14 +148,33 @@ class IGBv2(Weighting):
         state = self._state(ratio, info)
         reward = self._reward()
         if self._prev is not None and reward is not None:
+            learnt = self.meta.updates_done
             self.meta.observe(self._prev[0], self._prev[1], reward, state)
-            self._stats["meta_reward"] = reward
-            self._stats.update(self.meta.metrics)
+            self._add_scalar("meta_reward", reward)
+            if self.meta.updates_done > learnt:
+                for key, value in self.meta.metrics.items():
+                    self._add_scalar(key, value)
         self._decline_sum.zero_()
         self._decline_count.zero_()
         action = self.meta.act(state)
+        self._add_scalar("meta_policy_std", self.meta.last_std)
+        greedy = self.distribution(self.meta.act(state, explore=False))
+        self._add_vector("greedy_lambda", floored_weights(greedy, self.floor))
         self._prev = (state, action)
+        return self.distribution(action)
+
+    def distribution(self, action: np.ndarray) -> Tensor:
+        """``p = softmax(logit_scale·a)`` (K,) float64 for a meta-action ``a``."""
         return torch.softmax(self.logit_scale * torch.as_tensor(action, dtype=torch.float64), dim=0)
+
+    def greedy_lambda(self, state: np.ndarray | None = None) -> Tensor:
+        """The λ of the policy's mean action at ``state`` (default: the state of the last window acted on)."""
+        if state is None:
+            state = self._prev[0] if self._prev is not None else np.zeros(2 * self.num_tasks + 1, np.float32)
+        return floored_weights(self.distribution(self.meta.act(state, explore=False)), self.floor)
+
+    def _counters(self) -> dict[str, float]:
+        return {} if self.meta is None else {"meta_updates": float(self.meta.updates_done)}
 
     def _init_state(self, losses: Tensor) -> None:
         super()._init_state(losses)
