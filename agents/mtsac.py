@@ -1,4 +1,4 @@
-"""Multi-task SAC with per-task loss vectors (DESIGN §4, §5).
+"""Multi-task SAC with per-task loss vectors (architecture §4, §5).
 
 Every loss is a K-vector: entry k is the mean over task k's rows of a batch laid out ``[K, n, ...]``, so the
 mean over K equals the plain single-task SAC loss on the flattened batch.  The vectors are reduced to
@@ -7,7 +7,7 @@ gradients in exactly one place, :meth:`MTSAC._step`, through ``self.reducers[nam
 a thunk computing the loss vector with its graph, plus one task's loss as a function of a parameter dict and
 the batch tensors with their task axis, so a gradient combiner can take all K per-task gradients (and the
 losses) in one ``vmap`` pass (``rl_mtl/pertask.py``) by replacing a reducer — the agent never names one.
-The temperature step always uses the plain mean, never a combiner (DESIGN §4), with one temperature per task and
+The temperature step always uses the plain mean, never a combiner (architecture §4), with one temperature per task and
 with a shared one (``shared_alpha``) alike — see :meth:`MTSAC.alpha_losses` for why this departs from mtrl/CAGrad.
 
 The per-task loss functions (:meth:`MTSAC.critic_loss_fn`, :meth:`MTSAC.actor_loss_fn`) take an optional
@@ -24,6 +24,7 @@ import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -32,6 +33,9 @@ from torch.func import functional_call
 
 from rl_mtl.agents.networks import ARCHS, Actor, TwinCritic, head_parameter_names
 from rl_mtl.agents.replay import Batch
+
+if TYPE_CHECKING:
+    from rl_mtl.compiled import CompiledUpdate
 
 @dataclass(frozen=True)
 class TaskLoss:
@@ -57,6 +61,21 @@ class TaskLoss:
 #: detached ``(losses (K,), aux)`` it computed on the way (a combiner takes them from its vmapped pass, so the
 #: forward pass is never run twice)
 Reducer = Callable[[TaskLoss], tuple[Tensor, Tensor]]
+
+
+def keep_capturable(optimizer: torch.optim.Optimizer, capturable: list[bool]) -> None:
+    """Give each param group back the ``capturable`` flag it had before a ``load_state_dict``, with its step counts
+    where that flag wants them (on the parameters' device, or on the CPU).
+
+    The flag says where the optimiser runs (a CUDA-graph-captured compiled step needs it), not what it learnt: a
+    checkpoint of a compiled CUDA run holds ``capturable=True``, which an eager CPU step refuses.
+    """
+    for group, flag in zip(optimizer.param_groups, capturable):
+        group["capturable"] = flag
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            if torch.is_tensor(state.get("step")):
+                state["step"] = state["step"].to(p.device if flag else "cpu")
 
 
 def mean_reducer(task_loss: TaskLoss) -> tuple[Tensor, Tensor]:
@@ -162,6 +181,12 @@ class MTSAC(nn.Module):
         self.reducers: dict[str, Reducer] = {"critic": mean_reducer, "actor": mean_reducer}
         self.num_updates = 0
         self.skipped_steps = 0
+        #: the update's tensor work through torch.compile (``--compile``, ``rl_mtl.compiled.compile_update``)
+        self.compiled: CompiledUpdate | None = None
+
+    def optimizers(self) -> tuple[torch.optim.Optimizer, ...]:
+        """The critic's, the actor's and the temperatures' Adam optimisers."""
+        return self.critic_optimizer, self.actor_optimizer, self.alpha_optimizer
 
     # ------------------------------------------------------------------ acting
     @property
@@ -284,9 +309,12 @@ class MTSAC(nn.Module):
             optimizer.zero_grad(set_to_none=True)
             self.skipped_steps += 1
             return losses, aux
-        if self.cfg.grad_clip > 0.0:
-            torch.nn.utils.clip_grads_with_norm_(params, self.cfg.grad_clip, grad_norm)
-        optimizer.step()
+        if self.compiled is not None:
+            self.compiled.step(optimizer, params, self.cfg.grad_clip, grad_norm)
+        else:
+            if self.cfg.grad_clip > 0.0:
+                torch.nn.utils.clip_grads_with_norm_(params, self.cfg.grad_clip, grad_norm)
+            optimizer.step()
         after_step = getattr(reducer, "after_step", None)
         if after_step is not None:
             after_step(task_loss)
@@ -315,7 +343,11 @@ class MTSAC(nn.Module):
         actor steps; ``alpha`` (K,) and ``skipped_steps`` () always.
         """
         metrics: dict[str, Tensor] = {}
-        target = self.critic_targets(batch)
+        if self.compiled is None:
+            target = self.critic_targets(batch)
+        else:  # the target policy's noise is drawn here, eagerly: the same random numbers as the eager update
+            self.compiled.begin_update()
+            target = self.compiled.targets(batch, torch.randn_like(batch.action))
         critic_inputs = (batch.obs, batch.action, batch.task, target)
         critic_loss, q1 = self._step("critic", TaskLoss(
             dict(self.critic.named_parameters()), lambda: self.critic_loss_fn(*critic_inputs),
@@ -328,7 +360,7 @@ class MTSAC(nn.Module):
             actor_loss, log_prob = self._step("actor", TaskLoss(
                 dict(self.actor.named_parameters()), lambda: self.actor_loss_fn(*actor_inputs),
                 self._actor_task_loss, actor_inputs, self.actor_heads), self.actor_optimizer)
-            # the temperatures: always the plain step, never a combiner (DESIGN §4; alpha_losses says why)
+            # the temperatures: always the plain step, never a combiner (architecture §4; alpha_losses says why)
             alpha_loss, _ = self._step("alpha", TaskLoss(
                 {"log_alpha": self.log_alpha}, lambda: (self.alpha_losses(log_prob), log_prob)), self.alpha_optimizer)
             metrics["loss/actor"] = actor_loss
@@ -362,6 +394,9 @@ class MTSAC(nn.Module):
         """
         self.load_state_dict(state["modules"])
         for key in ("actor_optimizer", "critic_optimizer", "alpha_optimizer"):
-            getattr(self, key).load_state_dict(copy.deepcopy(state[key]))
+            optimizer = getattr(self, key)
+            capturable = [group.get("capturable", False) for group in optimizer.param_groups]
+            optimizer.load_state_dict(copy.deepcopy(state[key]))
+            keep_capturable(optimizer, capturable)
         self.num_updates = int(state["num_updates"])
         self.skipped_steps = int(state["skipped_steps"])

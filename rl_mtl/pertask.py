@@ -2,7 +2,7 @@
 
 The batch is laid out ``[K, n, ...]`` and task k's loss depends only on its own rows, so
 ``vmap(grad(task_loss))`` over the task axis gives all K gradients of the shared parameters with roughly the FLOPs
-of one backward pass (DESIGN §4), instead of K backward passes as the papers' code does.
+of one backward pass (architecture §4), instead of K backward passes as the papers' code does.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.func import grad_and_value, vmap
+from torch.func import grad_and_value, vjp, vmap
 
 #: ONE task: ``fn(params, *inputs_k) -> (loss (), aux)`` where each input has the task axis removed
 TaskLossFn = Callable[..., tuple[Tensor, Tensor]]
@@ -40,6 +40,44 @@ def per_task_gradients(
 def gram(G: Tensor) -> Tensor:
     """The task Gram matrix ``G Gᵀ`` (K, K) in float64 (accumulated in G's precision, then widened)."""
     return (G @ G.T).double()
+
+
+def gradients_and_gram(fn: TaskLossFn, params: dict[str, Tensor], inputs: Sequence[Tensor],
+                       trunk_size: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`per_task_gradients` and the :func:`gram` of G's first ``trunk_size`` columns (all of them when 0):
+    ``(G, losses, aux, gram)``. One function, so that ``--compile`` captures the whole pass as one graph."""
+    G, losses, aux = per_task_gradients(fn, params, inputs)
+    return G, losses, aux, gram(G[:, :trunk_size] if trunk_size else G)
+
+
+def weighted_gradients(fn: TaskLossFn, params: dict[str, Tensor], inputs: Sequence[Tensor], coeffs: Tensor,
+                       head_coeffs: Tensor | None = None,
+                       num_trunk: int = 0) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+    """The gradient of ``Σ_k c_k L_k`` (coeffs c (K,), detached) from one vmapped forward and one backward pass,
+    without forming the per-task gradients; returns ``(grads by name, losses (K,), aux)``.
+
+    With ``head_coeffs`` h (K,), the parameters after the first ``num_trunk`` (the task heads) get the gradient of
+    ``Σ_k h_k L_k`` instead (a second backward pass through the same forward).  The whole pass is one function of
+    tensors, so ``--compile`` captures it as one graph.
+    """
+    in_dims = (None, *([0] * len(inputs)))
+
+    def all_losses(p: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        return vmap(fn, in_dims=in_dims)(p, *inputs)
+
+    losses, pullback, aux = vjp(all_losses, params, has_aux=True)
+    grads = pullback(coeffs.to(losses))[0]
+    if head_coeffs is not None:
+        head_grads = pullback(head_coeffs.to(losses))[0]
+        grads = {name: grads[name] if i < num_trunk else head_grads[name] for i, name in enumerate(params)}
+    return grads, losses, aux
+
+
+def task_losses(fn: TaskLossFn, params: dict[str, Tensor], inputs: Sequence[Tensor]) -> Tensor:
+    """Every task's loss (K,) from one vmapped forward pass without gradients (re-measured after a step)."""
+    in_dims = (None, *([0] * len(inputs)))
+    with torch.no_grad():
+        return vmap(fn, in_dims=in_dims)(params, *inputs)[0]
 
 
 def write_direction(weights: Tensor, G: Tensor, params: Sequence[nn.Parameter], head_weights: Tensor | None = None,
