@@ -1,4 +1,4 @@
-"""Actor and twin critic of the multi-task SAC (DESIGN §5).
+"""Actor and twin critic of the multi-task SAC (architecture §5).
 
 Two architectures, chosen by ``arch``:
 
@@ -13,7 +13,7 @@ Every forward accepts any leading shape — ``[N, D]`` with ``task_ids [N]`` or 
 ``task_ids [K, n]`` — and contains no in-place ops or data-dependent control flow, so ``torch.func.vmap`` can map
 it over the task axis (pass the policy noise explicitly under ``vmap``: random ops are not vmappable by default).
 
-Initialisation follows mtrl/CAGrad (``../shared/references.md``): Xavier-uniform weights, zero biases.
+Initialisation follows mtrl/CAGrad (``docs/architecture.md`` §11): Xavier-uniform weights, zero biases.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Per-task replay for the multi-task SAC (DESIGN §1, §5).
+"""Per-task replay for the multi-task SAC (architecture §1, §5).
 
 One ring buffer per task, stored as preallocated tensors with a leading task axis ``[K, capacity, ...]`` on the
 learner's device, so a stratified batch ``[K, n, ...]`` (n = B/K samples of every task) is one gather per field.

@@ -1,4 +1,4 @@
-"""Meta-World 3 benchmarks (MT10, MT50, MT1) as one vector env with one sub-env per task (DESIGN §1, §7, §8).
+"""Meta-World 3 benchmarks (MT10, MT50, MT1) as one vector env with one sub-env per task (architecture §1, §7, §8).
 
 Built the way Meta-World's gymnasium registration (``gym.make_vec("Meta-World/MT10", ...)``) builds it, from one
 picklable builder per task (:func:`env_factories`), so that rollout workers holding a share of the tasks

@@ -1,4 +1,4 @@
-"""Rollouts in worker processes, overlapped with the learner's update (DESIGN §7, §10).
+"""Rollouts in worker processes, overlapped with the learner's update (architecture §7, §10).
 
 :class:`AsyncCollector` steps the K task environments in ``W`` worker processes, each owning a share of the tasks,
 and offers the interface of :class:`~envs.metaworld.MultiTaskVectorEnv` (:class:`~envs.metaworld.MultiTaskEnv`), so

@@ -1,4 +1,4 @@
-"""The policy the rollouts act with: the learner's actor, or a CPU copy of it refreshed after every update (DESIGN §7).
+"""The policy the rollouts act with: the learner's actor, or a CPU copy of it refreshed after every update (architecture §7).
 
 On a CPU learner the learner's actor is used as it is (a copy would only cost time).  On CUDA, ``mode="auto"``
 times both ways once — the GPU actor (its observations already on the device, the actions back to the host) and a

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import math
 import os
 import re
 import typing
@@ -69,6 +70,9 @@ class TrainConfig:
     """Learner device: ``auto`` (cuda when available), ``cpu`` or ``cuda``."""
     torch_threads: int = 0
     """Intra-op threads for torch on the CPU; 0 keeps torch's default."""
+    compile: bool = False
+    """Run the update's tensor work through ``torch.compile`` (``--compile``; on CUDA also as CUDA graphs): the same
+    numbers within float tolerance after a one-off compilation of tens of seconds (``rl_mtl/compiled.py``)."""
     combiner: dict[str, Any] = field(default_factory=dict)
     """Hyperparameters of the method's gradient combiner (``--set combiner.c=0.5``); see ``--help``."""
     combine: str = "auto"
@@ -79,7 +83,8 @@ class TrainConfig:
     diag_every: int = 10
     """Compute the per-task gradient diagnostics (imbalance, cos θ, Pareto failures) every this many updates."""
     weighting: str = "none"
-    """Loss weighting applied before the combiner (DESIGN §6): ``none``, ``igbv1``, ``igbv2``, ``rlw``."""
+    """Loss weighting applied before the combiner (architecture §6): ``none``, ``si``, ``rlw``, ``igbv1``, ``igbv2``,
+    ``grad_scale``, ``uw``, ``dwa``."""
     weighting_opts: dict[str, Any] = field(default_factory=dict)
     """Hyperparameters of the loss weighting (``--set weighting.hold=50``); see ``--help``."""
     weighted: str = "critic"
@@ -102,6 +107,11 @@ class TrainConfig:
     """Episode length (time-limit truncation, bootstrapped through)."""
     reward_version: str = "v2"
     """Meta-World reward function: ``v2`` (default, in [0, 10]) or ``v1``."""
+    reward_scale: tuple[float, ...] = ()
+    """Per-task multipliers of the rewards the agent learns from (the replay's): one value for every task or K in
+    task order (``--set reward_scale=0.1,1,1,1,1,1,1,1,1,1``); empty = 1.  A controlled imbalance: a task scaled by
+    0.1 has TD targets up to 10× and critic losses up to 100× smaller (less while the entropy bonus dominates its
+    targets).  Logged returns and success stay the env's own."""
     fixed_goals: bool = False
     """Freeze one goal per task for the whole run (the published v1 protocol) instead of a new goal per reset."""
     one_hot: bool = True
@@ -110,7 +120,7 @@ class TrainConfig:
     """How the vector env steps its environments: ``sync`` (in-process) or ``async`` (worker processes)."""
     rollout: str = "sync"
     """``sync``: step the envs in this process, then update (simple, for debugging); ``async``: step them in worker
-    processes while the learner updates (``envs/rollout.py``, DESIGN §7; the update lags the data by one step)."""
+    processes while the learner updates (``envs/rollout.py``, architecture §7; the update lags the data by one step)."""
     workers: int = 0
     """Rollout worker processes with ``rollout=async``, each owning a share of the tasks balanced by measured step
     cost; 0 = one per core left free by the learner (at most one per task)."""
@@ -180,6 +190,7 @@ class TrainConfig:
         """Plain YAML-able dict (tuples as lists)."""
         out = dataclasses.asdict(self)
         out["hidden_sizes"] = list(self.hidden_sizes)
+        out["reward_scale"] = list(self.reward_scale)
         out["combiner"] = dict(self.combiner)
         out["weighting_opts"] = dict(self.weighting_opts)
         return out
@@ -241,6 +252,10 @@ def _validate(cfg: TrainConfig) -> None:
     _validate_combiner(cfg)
     _validate_weighting(cfg)
     k = num_tasks(cfg.env)
+    if cfg.reward_scale and (len(cfg.reward_scale) not in (1, k)
+                             or not all(math.isfinite(v) and v > 0 for v in cfg.reward_scale)):
+        raise ConfigError("--set reward_scale", f"must be one positive number or {k} (one per task of {cfg.env}), "
+                          f"got {','.join(map(str, cfg.reward_scale))}")
     if cfg.batch_size % k:
         raise ConfigError("--set batch_size", f"must be a multiple of the {k} tasks of {cfg.env}, got {cfg.batch_size}")
     if cfg.buffer_size < k:
@@ -274,7 +289,14 @@ def _validate_combiner(cfg: TrainConfig) -> None:
         if cfg.combiner:
             raise ConfigError(f"--set combiner.{next(iter(cfg.combiner))}", "method mtsac has no combiner options")
         return
-    _build_with_options(combiners, cfg.method, cfg.combiner, "combiner", "--method")
+    missing = combiners.missing_extra(cfg.method)  # TorchJD's methods: an optional extra
+    if missing:
+        raise ConfigError("--method", missing)
+    built = _build_with_options(combiners, cfg.method, cfg.combiner, "combiner", "--method")
+    check = getattr(built, "check_num_tasks", None)  # vector options (TorchJD's pref_vector) must fit K
+    problem = check(num_tasks(cfg.env)) if check is not None else None
+    if problem:
+        raise ConfigError(f"--set combiner.{problem[0]}", problem[1])
 
 
 def _build_with_options(registry: Any, name: str, options: Mapping[str, Any], prefix: str, flag: str) -> Any:
@@ -306,6 +328,9 @@ def _validate_weighting(cfg: TrainConfig) -> None:
     if "actor" in parts and built.space == "log":
         raise ConfigError("--set weighted", "SAC's actor loss can be negative, so it cannot be weighted in log "
                                             "space; add --set weighting.space=linear or weight the critic only")
+    if "actor" in parts and cfg.weighting == "uw":
+        raise ConfigError("--set weighted", "SAC's actor loss can be negative, where uw's log-variance has no "
+                                            "equilibrium; weight the critic only")
 
 
 def method_help() -> str:
@@ -313,7 +338,8 @@ def method_help() -> str:
     lines = ["mtsac: plain multi-task SAC (mean of the per-task losses; alias mean)"]
     for name in METHODS[1:]:
         options = ", ".join(f"{k}={v!r}" for k, v in combiners.hparams(name).items() if k != "seed")
-        lines.append(f"{name}: {options or '(no options)'}")
+        note = getattr(combiners.get_class(name), "extra_note", "")  # TorchJD's methods: the install line
+        lines.append(f"{name}: {options or '(no options)'}" + (f"  [{note}]" if note else ""))
     lines.append("")
     lines.append("loss weightings (--weighting NAME, --set weighting.NAME=VALUE; --method igbv2 = mtsac + igbv2):")
     for name in WEIGHTING_METHODS:
@@ -328,6 +354,26 @@ def num_tasks(env: str) -> int:
 
 
 # ---------------------------------------------------------------------- loading and overrides
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's floats: ``1e-3`` is the number 0.001 (YAML 1.1, PyYAML's default,
+    reads it as the string '1e-3' because it has no dot), in presets, ``config.yaml`` and ``--set`` alike."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+                    |[-+]?\.(?:inf|Inf|INF)
+                    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text with :class:`_Loader` (safe, YAML 1.2 floats)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 -- a SafeLoader subclass
+
+
 def presets() -> list[str]:
     """Names of the YAML presets in ``configs/``."""
     return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
@@ -362,7 +408,7 @@ def load_preset(name: str) -> dict[str, Any]:
 
 def _read_yaml(path: Path, flag: str) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text()) or {}
     except OSError as exc:
         raise ConfigError(flag, f"cannot read {path}: {exc}") from None
     except yaml.YAMLError as exc:
@@ -410,10 +456,10 @@ def parse_set(items: list[str]) -> dict[str, Any]:
             raise ConfigError(f"--set {key}", f"given twice ({seen[key]} and {item.strip()}); keep one")
         seen[key] = item.strip()
         if key.startswith("combiner.") and len(key) > len("combiner."):
-            out.setdefault("combiner", {})[key[len("combiner."):]] = yaml.safe_load(raw.strip())
+            out.setdefault("combiner", {})[key[len("combiner."):]] = load_yaml(raw.strip())
             continue
         if key.startswith("weighting.") and len(key) > len("weighting."):
-            out.setdefault("weighting_opts", {})[key[len("weighting."):]] = yaml.safe_load(raw.strip())
+            out.setdefault("weighting_opts", {})[key[len("weighting."):]] = load_yaml(raw.strip())
             continue
         if key not in names:
             raise ConfigError("--set", f"unknown option '{key}'; known: {', '.join(n for n in names if n != 'preset')}")
@@ -424,12 +470,20 @@ def parse_set(items: list[str]) -> dict[str, Any]:
 def _coerce(name: str, raw: Any) -> Any:
     """Convert a YAML/CLI value to the field's type, raising :class:`ConfigError` naming the field."""
     hint = typing.get_type_hints(TrainConfig)[name]
-    value = yaml.safe_load(raw) if isinstance(raw, str) else raw
+    value = load_yaml(raw) if isinstance(raw, str) else raw
     if name in ("combiner", "weighting_opts"):
         if not isinstance(value, dict):
             raise ConfigError(f"--set {name}", f"expected a mapping of option: value, got '{raw}'")
         return dict(value)
     try:
+        if name == "reward_scale":
+            if value is None or value == "":
+                return ()
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                value = [value]
+            elif isinstance(value, str):
+                value = [v for v in value.split(",") if v.strip()]
+            return tuple(float(v) for v in value)
         if name == "hidden_sizes":
             if isinstance(value, int):
                 value = [value]

@@ -1,4 +1,4 @@
-"""Score a policy on a multi-task benchmark with Meta-World's protocol (DESIGN §8).
+"""Score a policy on a multi-task benchmark with Meta-World's protocol (architecture §8).
 
 Every task runs ``episodes`` episodes, all tasks stepping in parallel; an episode ends at its first success
 (``terminate_on_success``) or at the time limit, and counts as a success if the success flag was reached at any

@@ -1,4 +1,4 @@
-"""Route the agent's per-task losses through a gradient combiner (DESIGN §1, §4).
+"""Route the agent's per-task losses through a gradient combiner (architecture §1, §4).
 
 A :class:`CombinedStep` is a reducer for :class:`agents.mtsac.TaskLoss`: it takes the K per-task gradients of the
 shared parameters in one ``vmap`` pass, the Gram ``G Gᵀ``, asks the combiner for weights and writes
@@ -6,9 +6,12 @@ shared parameters in one ``vmap`` pass, the Gram ``G Gᵀ``, asks the combiner f
 gradient of ``Σ_k w_k L_k``, one ordinary backward. Plain MTSAC keeps its single backward pass and computes the
 per-task gradients only every ``diag_every`` updates, so its imbalance diagnostics cost next to nothing.
 
-A loss weighting (``rl_mtl/weighting``, DESIGN §6) composes with every path: its weights ``λ`` scale task k's
+A loss weighting (``rl_mtl/weighting``, architecture §6) composes with every path: its weights ``λ`` scale task k's
 gradient by ``s_k`` (``λ_k`` or ``λ_k / L_k`` in log space), so a combiner is handed the Gram of ``diag(s) G`` and
-the direction is ``Σ_k w_k s_k g_k`` — exactly the combiner applied to the weighted task gradients.
+the direction is ``Σ_k w_k s_k g_k`` — exactly the combiner applied to the weighted task gradients.  FAMO, which
+works on log-losses, takes the weighting into its own terms instead ("FAMO on the weighted losses",
+``combiners/famo.py``).  ``grad_scale`` reads the task-gradient norms from the Gram's diagonal where the route has
+it, and on the plain path has the per-task gradients taken once per hold window.
 
 Which parameters the combiner acts on (``combine_params``; only ``arch=multihead`` has task heads):
 
@@ -25,18 +28,19 @@ The temperature losses never reach a CombinedStep (``agents.mtsac.MTSAC.alpha_lo
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
-from torch.func import vmap
 
 from rl_mtl.agents.mtsac import TaskLoss
 from rl_mtl.combiners import Combiner, make
 from rl_mtl.combiners.diagnostics import pareto_stats
 from rl_mtl.config import split_parts
-from rl_mtl.pertask import detached_params, gram, per_task_gradients, write_direction
+from rl_mtl.pertask import detached_params, gradients_and_gram, task_losses, write_direction
 from rl_mtl.weighting import Weighting, gradient_scale
+from rl_mtl.weighting import hparams as weighting_hparams
 from rl_mtl.weighting import make as make_weighting
 
 #: combined losses by default; FAMO reweights only the critic, as in its reference (references.md)
@@ -73,6 +77,11 @@ class CombinedStep:
         self._sums: dict[str, float] = {}
         self._counts: dict[str, int] = {}
         self._vectors: dict[str, Tensor] = {}
+        # the step's tensor work; --compile swaps in torch.compile'd versions (rl_mtl/compiled.py) and sets
+        # weighted_gradients, which replaces the plain path's autograd backward by one functional pass
+        self.gradients_and_gram = gradients_and_gram
+        self.task_losses = task_losses
+        self.weighted_gradients: Callable[..., tuple[dict[str, Tensor], Tensor, Tensor]] | None = None
 
     # ------------------------------------------------------------------ the reducer
     def __call__(self, task_loss: TaskLoss) -> tuple[Tensor, Tensor]:
@@ -82,38 +91,50 @@ class CombinedStep:
         diagnose = self.diag_every > 0 and self.calls % self.diag_every == 0 and task_loss.fn is not None
         self.calls += 1
         if self.plain or not self.combiner.needs_gram:
-            losses, aux = task_loss.batched()
+            functional = self.weighted_gradients is not None and task_loss.fn is not None
+            if functional:  # --compile: the reduction below only gives the coefficients of one functional pass
+                losses, aux = self._functional_losses(task_loss, ordered), None
+            else:
+                losses, aux = task_loss.batched()
             scale = self._scale(losses.detach())
             scaled = losses if scale is None else scale * losses
             weights = None
             if self.plain:
                 combined = scaled.mean()
             else:
+                folded = self._fold_weighting()  # FAMO takes the weighting into its own log-loss terms
                 t0 = time.perf_counter()
                 weights = self.combiner(None, losses.detach())
                 self._add("solver_ms", 1e3 * (time.perf_counter() - t0))
-                combined = (weights.detach() * scaled).sum()
-            if split:
+                combined = (weights.detach() * (losses if folded else scaled)).sum()
+            if functional:
+                losses, aux = self._functional_backward(task_loss, ordered, num_trunk, losses, combined,
+                                                        scaled.sum() if split else None)
+            elif split:
                 combined.backward(inputs=params[:num_trunk], retain_graph=True)
                 scaled.sum().backward(inputs=params[num_trunk:])
             else:
                 combined.backward(inputs=params)
             losses, aux = losses.detach(), aux.detach()
+            # grad_scale's norms: on this path the per-task gradients are taken once per window (or with diagnostics)
+            measure = self._wants_norms(False)
+            if diagnose or measure:
+                G, _, _, task_gram = self._gradients(task_loss, ordered, trunk_size)
+            if measure:
+                self.weighting.observe_norms(task_gram.diagonal().clamp_min(0.0).sqrt().to(losses), losses)
             if diagnose:
-                G = self._gradients(task_loss, ordered)[0]
-                if split:
-                    G = G[:, :trunk_size]
                 k = G.shape[0]
                 used = weights.detach() if weights is not None else torch.full((k,), 1.0 / k, device=G.device)
-                if scale is not None:
+                if scale is not None and not (weights is not None and self._folds()):
                     used = used * scale.to(used)
                 method_stats = self.combiner.stats() if weights is not None else {}
-                self._add_stats({**method_stats, **pareto_stats(gram(G), used.cpu())})
+                self._add_stats({**method_stats, **pareto_stats(task_gram, used.cpu())})
         else:
-            # one vmapped pass gives the gradients, the losses and the aux outputs: no separate forward
-            G, losses, aux = self._gradients(task_loss, ordered)
+            # one vmapped pass gives the gradients, their Gram, the losses and the aux outputs: no separate forward
+            G, losses, aux, task_gram = self._gradients(task_loss, ordered, trunk_size)
             scale = self._scale(losses)
-            task_gram = gram(G[:, :trunk_size] if split else G)
+            if self._wants_norms(True):  # grad_scale: the Gram's diagonal, free
+                self.weighting.observe_norms(task_gram.diagonal().clamp_min(0.0).sqrt().to(losses), losses)
             if scale is not None:  # the Gram of diag(s) G
                 s64 = scale.to(task_gram)
                 task_gram = task_gram * torch.outer(s64, s64)
@@ -139,8 +160,54 @@ class CombinedStep:
         if self.weighting is None:
             return None
         self._before = losses.detach()
-        weights = self.weighting.weights(self._before, self.info)
+        factors = getattr(self.weighting, "factors", None)  # a Weighting records s for its logs
+        if factors is not None:
+            return factors(self._before, self.info)
+        weights = self.weighting.weights(self._before, self.info)  # a stand-in with weights/space/eps only
         return gradient_scale(weights, self._before, self.weighting.space, self.weighting.eps)
+
+    def _wants_norms(self, free: bool) -> bool:
+        """Whether the weighting asks for this update's per-task gradient norms (``grad_scale``)."""
+        wanted = getattr(self.weighting, "norms_wanted", None)
+        return wanted is not None and wanted(free)
+
+    def _folds(self) -> bool:
+        """Whether the combiner takes a loss weighting into its own loss terms (FAMO, ``combiners/famo.py``)."""
+        return self.weighting is not None and hasattr(self.combiner, "weigh_log_losses") and hasattr(
+            self.weighting, "lam")
+
+    def _fold_weighting(self) -> bool:
+        """Hand FAMO this update's λ (log space; None in linear space, which FAMO's log cancels), so that its
+        weights are "FAMO on the weighted losses" and apply to the unweighted ones; False for other combiners."""
+        if not self._folds():
+            return False
+        self.combiner.weigh_log_losses(self.weighting.lam if self.weighting.space == "log" else None)
+        return True
+
+    def _functional_losses(self, task_loss: TaskLoss, params: dict[str, Tensor]) -> Tensor:
+        """The task losses (K,) the plain path's reduction is built on, as a leaf that requires grad: measured by a
+        forward pass without gradients when a weighting or the combiner reads them, else placeholders (the plain mean
+        has fixed coefficients 1/K, so the forward is left to :meth:`_functional_backward`'s pass alone)."""
+        if self.plain and self.weighting is None:
+            first = task_loss.inputs[0]
+            return torch.zeros(first.shape[0], device=first.device, requires_grad=True)
+        return self.task_losses(task_loss.fn, detached_params(params), task_loss.inputs).requires_grad_()
+
+    def _functional_backward(self, task_loss: TaskLoss, params: dict[str, Tensor], num_trunk: int, losses: Tensor,
+                             combined: Tensor, heads: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Write the gradient the eager backward of ``combined`` (and of ``heads`` for the task heads) would write, by
+        one functional pass (``weighted_gradients``); returns that pass's losses and aux.
+
+        Both reductions are linear in ``losses`` with detached coefficients, so their gradients with respect to the
+        losses are exactly those coefficients: the eager reduction code decides them, whatever it is.
+        """
+        coeffs = torch.autograd.grad(combined, losses, retain_graph=heads is not None)[0]
+        head_coeffs = None if heads is None else torch.autograd.grad(heads, losses)[0]
+        grads, losses, aux = self.weighted_gradients(task_loss.fn, detached_params(params), task_loss.inputs,
+                                                     coeffs, head_coeffs, num_trunk)
+        for name, p in params.items():
+            p.grad = grads[name]
+        return losses, aux
 
     def after_step(self, task_loss: TaskLoss) -> None:
         """After the optimiser step: give a stateful combiner (FAMO) and the weighting (IGBv2's reward) the losses
@@ -149,12 +216,12 @@ class CombinedStep:
         for_weighting = self.weighting is not None and self.weighting.needs_after()
         after = None
         if for_combiner:
-            in_dims = (None, *([0] * len(task_loss.inputs)))
-            with torch.no_grad():
-                after, _ = vmap(task_loss.fn, in_dims=in_dims)(detached_params(task_loss.params), *task_loss.inputs)
+            after = self.task_losses(task_loss.fn, detached_params(task_loss.params), task_loss.inputs)
             self.combiner.after_step(after)
         if self.weighting is not None and self._before is not None:
-            if for_weighting and after is None:
+            if for_weighting and after is None and self.weighted_gradients is not None and task_loss.fn is not None:
+                after = self.task_losses(task_loss.fn, detached_params(task_loss.params), task_loss.inputs)
+            elif for_weighting and after is None:
                 with torch.no_grad():
                     after = task_loss.batched()[0]
             self.weighting.observe(self._before, after if for_weighting else None)
@@ -168,10 +235,11 @@ class CombinedStep:
         heads = {n: p for n, p in task_loss.params.items() if n in task_loss.heads}
         return {**trunk, **heads}, len(trunk), sum(p.numel() for p in trunk.values())
 
-    @staticmethod
-    def _gradients(task_loss: TaskLoss, params: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        """``G (K, m)`` (columns in ``params`` order), losses (K,) and aux of one vmapped pass over the task axis."""
-        return per_task_gradients(task_loss.fn, detached_params(params), task_loss.inputs)
+    def _gradients(self, task_loss: TaskLoss, params: dict[str, Tensor],
+                   trunk_size: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``G (K, m)`` (columns in ``params`` order), losses (K,), aux and the Gram of G's first ``trunk_size``
+        columns (all when 0) of one vmapped pass over the task axis."""
+        return self.gradients_and_gram(task_loss.fn, detached_params(params), task_loss.inputs, trunk_size)
 
     # ------------------------------------------------------------------ diagnostics
     def _add(self, key: str, value: float) -> None:
@@ -196,6 +264,11 @@ class CombinedStep:
                 self._add(key, value)
         for prefix, values in per_task.items():
             self._add_vector(prefix, torch.tensor([values[i] for i in sorted(values)]))
+        if "grad_norm" in per_task and "weight" in per_task:  # task k's share Σ-normalised |w_k|·‖g_k‖ of d
+            parts = torch.tensor([abs(per_task["weight"][i]) * per_task["grad_norm"][i]
+                                  for i in sorted(per_task["weight"])], dtype=torch.float64)
+            if float(parts.sum()) > 0.0:
+                self._add_vector("direction_share", parts / parts.sum())
         self._sums["fallbacks_total"] = float(self.combiner.fallbacks)
         self._counts["fallbacks_total"] = 1
 
@@ -260,3 +333,24 @@ def build_steps(method: str, hparams: dict[str, Any], combine: str, diag_every: 
             steps[part] = CombinedStep(make("mean"), plain=True, diag_every=diag_every, weighting=weighter,
                                        combine_params=combine_params)
     return steps
+
+
+def weighting_warning(cfg: Any) -> str | None:
+    """One line when the loss weighting of ``cfg`` (a :class:`~rl_mtl.config.TrainConfig`) cannot change any update:
+    every loss it weights goes through Nash-MTL (invariant to loss scaling, references.md) or through FAMO with a
+    linear-space weighting or ``si`` (FAMO's log cancels a scale, and λ = 1 in log space is FAMO itself)."""
+    if cfg.weighting == "none":
+        return None
+    combined = set(() if cfg.method == "mtsac" else combined_parts(cfg.method, cfg.combine))
+    if not set(split_parts(cfg.weighted)) <= combined:
+        return None  # some weighted loss takes the plain mean, where the weights act
+    space = cfg.weighting_opts.get("space", weighting_hparams(cfg.weighting).get("space", "log"))
+    if cfg.method == "nashmtl":
+        why = "Nash-MTL is invariant to loss scaling"
+    elif cfg.method == "famo" and (space == "linear" or cfg.weighting == "si"):
+        why = ("FAMO runs on log-losses, which cancel a linear-space weight" if space == "linear"
+               else "FAMO already weights log-losses, so si (lambda = 1 in log space) is FAMO itself")
+    else:
+        return None
+    return (f"warning: --weighting {cfg.weighting} has no effect under --method {cfg.method} ({why}); "
+            "it only costs time")

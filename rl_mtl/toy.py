@@ -1,6 +1,6 @@
 """The two-objective toy problem on R² (CAGrad's toy, reused by Nash-MTL and IMGrad Figures 2-3).
 
-With ``LOWER = 5e-6`` and x = (x1, x2) (formulas: ``../shared/references.md``, "The toy two-task problem"):
+With ``LOWER = 5e-6`` and x = (x1, x2) (formulas: ``docs/architecture.md`` §11, "The toy two-task problem"):
 
     a1 = log(max(|0.5(−x1−7) − tanh(−x2)|, LOWER)) + 6,   a2 = log(max(|0.5(−x1+3) + tanh(−x2) + 2|, LOWER)) + 6
     b1 = ((−x1+7)² + 0.1(−x2−8)²)/10 − 20,               b2 = ((−x1−7)² + 0.1(−x2−8)²)/10 − 20

@@ -25,10 +25,12 @@ from rl_mtl.envs.rollout import AsyncCollector, WorkerError, make_rollout_env
 from rl_mtl import checkpoint, runs
 from rl_mtl.acting import ActingPolicy
 from rl_mtl.agent_setup import resolve_device, sac_config
+from rl_mtl.compiled import compile_update
 from rl_mtl.config import TrainConfig, config_table, save_config
 from rl_mtl.evaluate import evaluate_policy
 from rl_mtl.logger import Logger
 from rl_mtl.routing import build_steps
+from rl_mtl.tracking import Tracker, TrackingOptions
 from rl_mtl.transfer import StepTransfer
 
 #: evaluation episodes are seeded apart from the training ones (same env, reseeded for the evaluation)
@@ -54,7 +56,7 @@ class Trainer:
     """
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool = True,
-                 env: MultiTaskEnv | None = None) -> None:
+                 env: MultiTaskEnv | None = None, tracking: TrackingOptions | None = None) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.device = resolve_device(cfg.device)
@@ -64,21 +66,29 @@ class Trainer:
         self.ckpt_path = self.run_dir / "checkpoints" / checkpoint.CHECKPOINT_NAME
         checkpoint.remove_stale_temporaries(self.ckpt_path.parent)
         state = checkpoint.load(self.ckpt_path, map_location=self.device) if resume else None
+        # W&B (--track) first: a failed wandb.init is one line before any env is built
+        self.tracker = None if tracking is None else Tracker(
+            self.run_dir, cfg.to_dict(), tracking, resume=resume, start_step=int(state.get("step", 0)) if state else 0)
 
         self._owns_env = env is None
         self.env: MultiTaskEnv = env if env is not None else make_rollout_env(
             cfg.env, cfg.seed, rollout=cfg.rollout, workers=cfg.workers, **cfg.env_kwargs())
         self.num_tasks = self.env.num_tasks
         self.task_ids = np.arange(self.num_tasks)
+        # reward_scale: per-task multipliers of the rewards the agent learns from (logged returns stay the env's)
+        self.reward_scale = (None if not cfg.reward_scale else
+                             np.broadcast_to(np.asarray(cfg.reward_scale, np.float32), (self.num_tasks,)).copy())
         self.agent = MTSAC(self.env.obs_dim, self.env.action_dim, self.num_tasks, sac_config(cfg), self.device)
-        # acting and the step's crossing to the device: once per loop step each (DESIGN §7)
+        # acting and the step's crossing to the device: once per loop step each (architecture §7)
         self.policy = ActingPolicy(self.agent.actor, self.num_tasks, self.env.obs_dim)
         self.transfer = StepTransfer(self.num_tasks, self.env.obs_dim, self.env.action_dim, self.device)
-        # the critic and actor losses reach their optimisers through the method's combiner (DESIGN §1)
+        # the critic and actor losses reach their optimisers through the method's combiner (architecture §1)
         self.combined = build_steps(cfg.method, cfg.combiner, cfg.combine, cfg.diag_every, cfg.seed,
                                     cfg.weighting, cfg.weighting_opts, cfg.weighted,
                                     combine_params=cfg.combine_params)
         self.agent.reducers.update(self.combined)
+        # --compile: the update's tensor work through torch.compile (before a restore: keep_capturable needs it)
+        self.compiled = compile_update(self.agent, self.combined) if cfg.compile else None
         # what a loss weighting may condition on (IGBv2's state): recent training success per task, progress t/T
         self.task_success = np.zeros(self.num_tasks)
         self.weighting_info: dict[str, Any] = {"success": self.task_success, "progress": 0.0}
@@ -101,7 +111,8 @@ class Trainer:
             self.policy.refresh()  # the acting copy (CUDA) must act with the restored actor, not the initial one
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.run_dir / "config.yaml")
-        self.logger = Logger(self.run_dir, self.env.task_names, cfg.steps, start_step=self.step, progress=progress)
+        self.logger = Logger(self.run_dir, self.env.task_names, cfg.steps, start_step=self.step, progress=progress,
+                             mirror=self.tracker.log if self.tracker is not None else None)
         if state is not None:
             self.logger.load_state_dict(state.get("logger"))
             self._write_evals()  # evals.jsonl as of the checkpoint: drops what a killed run wrote after it
@@ -137,7 +148,8 @@ class Trainer:
                     updates_interval += self._update()
                 t2 = time.perf_counter()
                 result = self.env.step_wait()
-                moved = self.transfer(obs, actions, result.reward, result.next_obs, result.terminated, result.obs)
+                reward = result.reward if self.reward_scale is None else result.reward * self.reward_scale
+                moved = self.transfer(obs, actions, reward, result.next_obs, result.terminated, result.obs)
                 if result.lost is None:  # a step a rollout worker lost holds placeholder rows: not stored
                     self.replay.add(moved.obs, moved.action, moved.reward, moved.next_obs, moved.terminated)
                 obs, act_obs = result.obs, moved.act_obs
@@ -221,6 +233,9 @@ class Trainer:
             else:
                 self._consecutive_skips = 0
         self.policy.refresh()
+        if self.compiled is not None and (note := self.compiled.note(self.agent.num_updates,
+                                                                     self.cfg.actor_update_every)):
+            self.logger.message(note)  # the compilation's seconds, once
         return self.cfg.updates_per_step
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
@@ -257,14 +272,14 @@ class Trainer:
                 self.logger.record(f"combiner/{part}/{key}", value)
             for key, vector in vectors.items():
                 prefix = f"progress/{part}" if key == "progress" else f"combiner/{part}/{key}"
-                self.logger.record_tasks(prefix, vector, mean=key != "weight")
+                self.logger.record_tasks(prefix, vector, mean=key not in ("weight", "direction_share"))
             if step.weighting is not None:
                 prefix = "weighting" if self._single_weighting else f"weighting/{part}"
-                scalars, vectors = step.weighting.stats()
+                scalars, vectors = step.weighting.pop_stats()  # interval means since the last log
                 for key, value in scalars.items():
                     self.logger.record(f"{prefix}/{key}", value)
-                for key, vector in vectors.items():
-                    self.logger.record_tasks(f"{prefix}/{key}", vector, mean=key != "lambda")
+                for key, vector in vectors.items():  # λ's task mean is 1 by construction: not logged
+                    self.logger.record_tasks(f"{prefix}/{key}", vector, mean=key not in ("lambda", "greedy_lambda"))
 
     # ------------------------------------------------------------------ health: skipped updates, fallbacks
     def _fallbacks(self) -> dict[str, int]:
@@ -338,7 +353,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> None:
-        """Atomically write everything the next loop step depends on (DESIGN §9): agent, optimisers, combiner and
+        """Atomically write everything the next loop step depends on (architecture §9): agent, optimisers, combiner and
         weighting state, counters, every RNG, each environment's exact state and the observation to act on, the
         logger's unwritten interval sums; and, with ``save_replay``, the replay data in its own file.
 
@@ -435,7 +450,9 @@ class Trainer:
                   file=sys.stderr)
 
     def close(self) -> None:
-        """Close the environments and the logger."""
+        """Close the environments, the logger and the W&B run."""
         self.logger.close()
+        if self.tracker is not None:
+            self.tracker.finish()
         if self._owns_env:
             self.env.close()

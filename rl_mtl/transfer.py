@@ -1,4 +1,4 @@
-"""One host→device transfer per loop step (DESIGN §7).
+"""One host→device transfer per loop step (architecture §7).
 
 A loop step hands the learner K transitions (obs, action, reward, next obs, terminated) and the K observations to
 act on next.  On CUDA they are packed into one pinned host buffer, row k = task k:

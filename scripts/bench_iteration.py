@@ -8,7 +8,7 @@ environments (500-step episodes) and an agent on a replay of random MT10-shaped 
 * ``serial``: a ``--rollout sync`` iteration (act, step, store, update);
 * ``overlapped``: a ``--rollout async`` iteration (act, send, update while the workers step, collect, store).
 
-The target (DESIGN §9) is overlapped ≈ max(sim, update), printed as ``overlap_vs_max`` (1.0 = perfect overlap).
+The target (architecture §9) is overlapped ≈ max(sim, update), printed as ``overlap_vs_max`` (1.0 = perfect overlap).
 The last line ``overlap_speedup=<x>`` is serial / overlapped for the default preset.
 
     python scripts/bench_iteration.py [--device cpu|cuda] [--iters 30] [--budget 30] [--workers 0] [--threads 0]

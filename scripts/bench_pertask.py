@@ -1,4 +1,4 @@
-"""Cost of per-task gradients inside one multi-task SAC update, in one process (DESIGN §4, §9).
+"""Cost of per-task gradients inside one multi-task SAC update, in one process (architecture §4, §9).
 
 Four updates on the same network and batch (default: 3×400 MLPs, batch 1280, K = 10, MT10's shapes):
   plain      — plain MTSAC: one backward of the mean loss;

@@ -1,4 +1,4 @@
-"""Exact simplex solvers vs the cvxpy reference on random and adversarial Grams (DESIGN §3, §9)."""
+"""Exact simplex solvers vs the cvxpy reference on random and adversarial Grams (architecture §3, §9)."""
 
 from __future__ import annotations
 

@@ -167,3 +167,17 @@ def test_yaml_problem_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config_file(path)
     assert str(info.value).endswith("YAML syntax error: mapping values are not allowed here at line 2, column 6")
+
+
+def test_exponent_floats_are_numbers_in_set_and_yaml_files(tmp_path):
+    """``1e-3`` (no dot) is a number, not PyYAML 1.1's string '1e-3', for nested options too (a combiner's ``lr``
+    reached its constructor as a string)."""
+    from rl_mtl.config import build_config, load_preset, parse_set
+
+    assert parse_set(["combiner.lr=1e-3", "weighting.lr=-5E-4"]) == {"combiner": {"lr": 0.001},
+                                                                      "weighting_opts": {"lr": -0.0005}}
+    path = tmp_path / "own.yaml"
+    path.write_text("critic_lr: 3e-4\ncombiner: {lr: 2e-2}\n")
+    assert load_preset(str(path)) == {"critic_lr": 0.0003, "combiner": {"lr": 0.02}}
+    cfg = build_config(str(path), {"method": "famo"})
+    assert cfg.combiner["lr"] == 0.02 and isinstance(cfg.combiner["lr"], float)

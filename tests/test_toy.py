@@ -12,7 +12,7 @@ from rl_mtl import combiners, toy
 
 
 def _reference_losses(x1: float, x2: float) -> tuple[float, float]:
-    """The formulas of ../shared/references.md written out in plain math."""
+    """The formulas of docs/architecture.md §11 written out in plain math."""
     a1 = math.log(max(abs(0.5 * (-x1 - 7) - math.tanh(-x2)), toy.LOWER)) + 6
     a2 = math.log(max(abs(0.5 * (-x1 + 3) + math.tanh(-x2) + 2), toy.LOWER)) + 6
     b1 = ((-x1 + 7) ** 2 + 0.1 * (-x2 - 8) ** 2) / 10 - 20

@@ -64,7 +64,7 @@ def test_edited_option_is_refused(run: Path, capsys: pytest.CaptureFixture[str])
     err = resume_error(run, capsys)
     assert err.startswith(f"python -m rl_mtl.train: error: --resume: {run / 'config.yaml'} differs from the "
                           "checkpoint in gamma (0.5; checkpoint: 0.99), critic_lr (0.1; checkpoint: 0.0003)")
-    assert "only checkpoint_every, device, diag_every" in err and "may change on resume" in err
+    assert "only checkpoint_every, compile, device, diag_every" in err and "may change on resume" in err
 
 
 def test_deleted_option_is_refused(run: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -147,7 +147,7 @@ def test_unknown_mt1_task_is_one_line_exit_2(tmp_path: Path, capsys: pytest.Capt
     assert info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--env: unknown MT1 task 'reach-v33'; did you mean mt1:reach-v3" in err[0]
-    assert "from envs.metaworld import MT1_TASKS" in err[0]
+    assert "from rl_mtl.envs.metaworld import MT1_TASKS" in err[0]
     assert not (tmp_path / "run").exists()
 
 

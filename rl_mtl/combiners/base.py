@@ -1,7 +1,7 @@
 """Combiner interface: a K×K task Gram matrix and K losses in, K weights out.
 
 Every method maps ``gram = G Gᵀ`` (K×K, PSD) and the task losses (K) to weights ``w`` such that the update
-direction is ``d = Σ_k w_k g_k`` (DESIGN §3; mean convention: plain averaging is ``w = 1/K``).  The shared
+direction is ``d = Σ_k w_k g_k`` (architecture §3; mean convention: plain averaging is ``w = 1/K``).  The shared
 machinery lives here so that each method file holds only its maths:
 
 * input validation: a non-finite or all-zero Gram (or non-finite losses, for loss-based methods) falls back to

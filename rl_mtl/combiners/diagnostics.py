@@ -1,4 +1,4 @@
-"""Pareto diagnostics of one combination step, all from the Gram matrix (DESIGN §3; IMGrad paper Def. 2, 3).
+"""Pareto diagnostics of one combination step, all from the Gram matrix (architecture §3; IMGrad paper Def. 2, 3).
 
 With ``d = Σ w_k g_k``: ``‖d‖² = wᵀMw`` and ``g_kᵀd = (Mw)_k``, so no per-task gradient is touched here.
 """

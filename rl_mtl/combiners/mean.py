@@ -1,4 +1,4 @@
-"""Plain averaging, the MTSAC baseline (DESIGN §3): ``w = 1/K``, so ``d = g_0``.
+"""Plain averaging, the MTSAC baseline (architecture §3): ``w = 1/K``, so ``d = g_0``.
 
 Loss-only in effect: it needs no Gram (``needs_gram = False``, the trainer may pass ``gram=None`` and skip the
 per-task backward passes); when a Gram is given anyway, ``stats()`` reports its Pareto diagnostics.

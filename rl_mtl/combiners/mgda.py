@@ -1,4 +1,4 @@
-"""MGDA (Désidéri 2012; Sener & Koltun 2018): the min-norm point ``w* = argmin_{w∈W} wᵀMw`` (DESIGN §3).
+"""MGDA (Désidéri 2012; Sener & Koltun 2018): the min-norm point ``w* = argmin_{w∈W} wᵀMw`` (architecture §3).
 
 ``d = g_{w*}`` is the steepest common descent direction: ``g_kᵀd ≥ ‖d‖² ≥ 0`` for every task, so it never conflicts.
 Solved exactly (closed form at K = 2, Wolfe's min-norm-point active set otherwise: :mod:`solvers`), instead of

@@ -1,4 +1,4 @@
-"""Exact, fast solvers for the convex subproblems on the probability simplex ``W`` (DESIGN §3, §9).
+"""Exact, fast solvers for the convex subproblems on the probability simplex ``W`` (architecture §3, §9).
 
 Every gradient-combination subproblem in this package is an instance of
 
