@@ -13,7 +13,7 @@ autograd and hand computations.  Tiny networks (compilation, not the sizes, is w
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 import torch
@@ -30,9 +30,11 @@ CLOSE = {"rtol": 1e-4, "atol": 1e-6}
 
 
 @pytest.fixture(autouse=True)
-def _no_silent_eager(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A compiled function that ran out of recompiles would run eagerly and pass trivially: make that an error."""
-    monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)
+def _no_silent_eager() -> Iterator[None]:
+    """A compiled function that ran out of recompiles would run eagerly and pass trivially: make that an error.
+    (Through torch's own ``config.patch``: pytest >= 9.2's monkeypatch deletes a torch config entry on undo.)"""
+    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+        yield
 
 
 def make_batch(seed: int, nan_reward: bool = False) -> Batch:
