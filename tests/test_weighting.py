@@ -21,6 +21,8 @@ from rl_mtl.train import main
 from rl_mtl.weighting.base import Weighting, floored_weights, gradient_scale, softmin
 from rl_mtl.weighting.meta_sac import MetaSAC
 
+from weighting_helpers import FixedWeighting  # tests/weighting_helpers.py
+
 K = 4
 TINY = ["--set", "hidden_sizes=16,16", "--set", "warmup_steps=10", "--set", "eval_episodes=1",
         "--set", "max_episode_steps=20", "--set", "log_every=10", "--set", "torch_threads=1", "--no-progress"]
@@ -206,23 +208,6 @@ def test_correlation_with_failure_rate_is_reported() -> None:
 
 
 # ---------------------------------------------------------------------- composition with the combiners
-class FixedWeighting(Weighting):
-    """Always the same λ (for checking the composition exactly)."""
-
-    name = "fixed"
-
-    def __init__(self, lam: Tensor, space: str) -> None:
-        super().__init__(hold=1, floor=0.0, space=space)
-        self.fixed = lam
-
-    def weights(self, losses: Tensor, info: dict[str, Any] | None = None) -> Tensor:
-        self.calls += 1
-        return self.fixed.to(losses)
-
-    def _choose(self, ratio: Tensor, mean: Tensor, info: dict[str, Any]) -> Tensor:
-        return self.fixed / self.fixed.sum()
-
-
 def toy_task_loss(transform: Any = None) -> TaskLoss:
     """Three least-squares tasks on one shared parameter vector (per-task losses with very different scales);
     ``transform(loss, λ_k)`` turns a task's loss into its weighted loss for the reference computation."""

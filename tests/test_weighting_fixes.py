@@ -20,6 +20,8 @@ from rl_mtl.routing import CombinedStep, weighting_warning
 from rl_mtl.train import main
 from rl_mtl.weighting.base import Weighting, loss_ratio
 
+from weighting_helpers import FixedWeighting  # tests/weighting_helpers.py
+
 K = 4
 
 
@@ -104,24 +106,6 @@ def test_negative_losses_in_linear_space_keep_a_meaningful_state(name: str) -> N
 
 
 # ---------------------------------------------------------------------- 4. FAMO with a loss weighting
-class Fixed(Weighting):
-    """Always the same λ (for checking the composition exactly)."""
-
-    name = "fixed"
-
-    def __init__(self, lam: Tensor, space: str) -> None:
-        super().__init__(hold=1, floor=0.0, space=space)
-        self.fixed = lam
-
-    def weights(self, losses: Tensor, info: dict[str, Any] | None = None) -> Tensor:
-        self.calls += 1
-        self._lambda = self.fixed.to(losses)
-        return self._lambda
-
-    def _choose(self, ratio: Tensor, mean: Tensor, info: dict[str, Any]) -> Tensor:
-        return self.fixed / self.fixed.sum()
-
-
 LAM = torch.tensor([0.5, 2.0, 0.5], dtype=torch.float64)
 
 
@@ -153,7 +137,7 @@ def test_famo_with_a_log_space_weighting_is_famo_on_the_weighted_losses() -> Non
     parallel to plain FAMO run on the losses L_k^{λ_k}; the old code gave Σ z_k λ_k/(c L_k²) g_k."""
     logits = [0.3, -0.2, 0.1]
     task_loss = toy()
-    CombinedStep(famo_with_logits(logits), diag_every=0, weighting=Fixed(LAM, "log"))(task_loss)
+    CombinedStep(famo_with_logits(logits), diag_every=0, weighting=FixedWeighting(LAM, "log"))(task_loss)
     got = task_loss.params["theta"].grad.clone()
 
     reference = toy()
@@ -194,7 +178,7 @@ def test_famo_logit_updates_follow_the_weighted_log_losses() -> None:
 def test_famo_with_a_linear_weighting_is_plain_famo_and_says_so() -> None:
     """A linear-space weighting cancels in FAMO's log: the step equals FAMO's own, and train/sweep warn."""
     weighted, plain = toy(), toy()
-    CombinedStep(famo_with_logits([0.3, -0.2, 0.1]), diag_every=0, weighting=Fixed(LAM, "linear"))(weighted)
+    CombinedStep(famo_with_logits([0.3, -0.2, 0.1]), diag_every=0, weighting=FixedWeighting(LAM, "linear"))(weighted)
     CombinedStep(famo_with_logits([0.3, -0.2, 0.1]), diag_every=0)(plain)
     assert torch.equal(weighted.params["theta"].grad, plain.params["theta"].grad)
     cfg = build_config("mt10_cpu", {"method": "famo", "weighting": "rlw", **parse_set(["weighting.space=linear"])})
