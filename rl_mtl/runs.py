@@ -29,6 +29,20 @@ EVAL = "eval.json"
 CHECKPOINT = "checkpoints/last.pt"
 #: ``rl_mtl.train``'s exit status when a run stopped on non-finite losses or gradients (checkpointed)
 DIVERGED_EXIT = 3
+#: ... a rollout worker failed past its restarts (checkpointed), and a run stopped by SIGINT/SIGTERM (checkpointed)
+FAILED_EXIT, INTERRUPTED_EXIT = 1, 130
+
+
+def exit_status(result: dict[str, Any] | None) -> int:
+    """The exit status of a training run from what ``Trainer.run`` returned (``None``: it raised): 0 finished,
+    1 failed (or raised), 3 diverged, 130 interrupted. ``rl_mtl.train`` exits with it and W&B records it."""
+    if result is None or result.get("failed"):
+        return FAILED_EXIT
+    if result.get("diverged"):
+        return DIVERGED_EXIT
+    if result.get("interrupted"):
+        return INTERRUPTED_EXIT
+    return 0
 
 
 def run_dir(root: Path, method: str, seed: int, task: str | None = None) -> Path:

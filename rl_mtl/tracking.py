@@ -138,6 +138,6 @@ class Tracker:
             runs.write_json(self.run_dir / STATE_FILE, self._state)
         self.run.log({key: float(value) for key, value in values.items()}, step=step)
 
-    def finish(self) -> None:
-        """Flush and close the W&B run."""
-        self.run.finish()
+    def finish(self, exit_code: int = 0) -> None:
+        """Flush and close the W&B run with the run's exit status (W&B shows a non-zero one as failed)."""
+        self.run.finish(exit_code=exit_code)

@@ -190,16 +190,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         error(PROG, str(exc))
         return 1
     result = trainer.run()
-    if result.get("interrupted"):
-        return 130
-    if result.get("diverged"):  # non-finite losses or gradients: checkpointed, summary.json says where and why
+    status = runs.exit_status(result)
+    if status in (runs.DIVERGED_EXIT, runs.FAILED_EXIT):  # checkpointed; on divergence summary.json says why
         error(PROG, result["error"])
-        return runs.DIVERGED_EXIT
-    if result.get("failed"):
-        error(PROG, result["error"])
-        return 1
-    print(f"final eval success {result['mean']:.3f} ({run_dir / 'summary.json'})")
-    return 0
+    elif status == 0:
+        print(f"final eval success {result['mean']:.3f} ({run_dir / 'summary.json'})")
+    return status
 
 
 if __name__ == "__main__":

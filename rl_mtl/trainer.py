@@ -133,6 +133,7 @@ class Trainer:
         # async: send the actions, update while the workers simulate, then collect — the update made during step t
         # samples a replay without transition t (one step of data staleness; the acting actor is never stale)
         overlap = cfg.rollout == "async"
+        result: dict[str, Any] | None = None  # what the run returns; None while (or if) it raises
         try:
             if self.obs is None:
                 self.obs = self.env.reset(seed=cfg.seed + self.step)
@@ -188,29 +189,33 @@ class Trainer:
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     self.save()
                 if cfg.max_skipped_updates and self._consecutive_skips >= cfg.max_skipped_updates:
-                    return self._stop_diverged()
+                    result = self._stop_diverged()
+                    return result
             if self._stop_signal is not None:
                 self.save()
                 self.logger.message(
                     f"interrupted by signal {self._stop_signal} at step {self.step}; checkpoint saved to "
                     f"{self.ckpt_path}; continue with --resume --logdir {self.run_dir}")
-                return {"interrupted": True, "step": self.step}
+                result = {"interrupted": True, "step": self.step}
+                return result
             evaluated = not (self.evals and self.evals[-1]["step"] == self.step)
             final = self._final_evaluation()
             if evaluated:  # the evaluation cut the episodes: a run extended later starts new ones, as after any
                 self.obs = self.env.reset()  # periodic evaluation
             self.save()
             runs.write_json(self.run_dir / runs.SUMMARY, self._summary(final))
-            return final
+            result = final
+            return result
         except WorkerError as exc:  # a rollout worker failed past its restarts: stop cleanly, resumable
             self.save()
             message = (f"{exc}; stopped at step {self.step}, checkpoint saved to {self.ckpt_path}; continue with "
                        f"--resume --logdir {self.run_dir}")
-            return {"failed": True, "error": message, "step": self.step}
+            result = {"failed": True, "error": message, "step": self.step}
+            return result
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            self.close()
+            self.close(runs.exit_status(result))
 
     def _actions(self, obs: np.ndarray, act_obs: torch.Tensor | None) -> np.ndarray:
         """Uniform random actions (K, A) during the warm-up, then the acting policy's samples."""
@@ -449,10 +454,11 @@ class Trainer:
             print(f"warning: replay file {path} {problem}; resuming without it (the replay refills first)",
                   file=sys.stderr)
 
-    def close(self) -> None:
-        """Close the environments, the logger and the W&B run."""
+    def close(self, exit_status: int = 0) -> None:
+        """Close the environments, the logger and the W&B run (marked failed unless ``exit_status`` is 0, so a
+        diverged, failed or interrupted run does not show as finished there)."""
         self.logger.close()
         if self.tracker is not None:
-            self.tracker.finish()
+            self.tracker.finish(exit_status)
         if self._owns_env:
             self.env.close()

@@ -54,13 +54,13 @@ class FakeRun:
         self.config_values: dict[str, Any] = {}
         self.config = types.SimpleNamespace(update=lambda d, allow_val_change=None: self.config_values.update(d))
         self.logged: list[tuple[int, dict[str, float]]] = []
-        self.finished = False
+        self.finished: int | None = None  # the exit code it was finished with
 
     def log(self, data: dict[str, float], step: int) -> None:
         self.logged.append((step, dict(data)))
 
-    def finish(self) -> None:
-        self.finished = True
+    def finish(self, exit_code: int | None = None) -> None:
+        self.finished = 0 if exit_code is None else exit_code
 
 
 FAKE_RUNS: list[FakeRun] = []
@@ -111,9 +111,19 @@ def test_mirror_is_what_tensorboard_gets(tmp_path: Path, fake_wandb: list[FakeRu
     same_as_tensorboard(mirrored, tb)
     assert {s for k, s in mirrored if k == "eval/success/mean"} == {10, 20}
     assert {s for k, s in mirrored if k == "loss/critic/mean"} == {15, 20}
-    assert run.finished
+    assert run.finished == 0
     state = json.loads((run_dir / STATE_FILE).read_text())
     assert state == {"id": run.id, "project": "P", "entity": "E", "group": "G", "last_step": 20}
+
+
+def test_diverged_run_is_finished_as_failed_in_wandb(tmp_path: Path, fake_wandb: list[FakeRun]) -> None:
+    """A run stopped by divergence (exit 3) ends its W&B run with that exit code, so W&B shows it failed, not
+    finished; its last logged step is the stop's."""
+    code = main([*TINY, *TRACK, "--steps", "200", "--logdir", str(tmp_path / "run"), "--set", "init_alpha=1e300",
+                 "--set", "max_skipped_updates=12"])
+    assert code == 3
+    [run] = fake_wandb
+    assert run.finished == 3
 
 
 def test_logger_mirror_skips_what_tensorboard_skips(tmp_path: Path) -> None:
