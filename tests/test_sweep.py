@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from rl_mtl import evaluate, report, runs, sweep
+from rl_mtl import evaluate, grid, report, runs, sweep
 from rl_mtl.config import TrainConfig, build_config, save_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,7 +98,7 @@ def test_dry_run_prints_train_commands(tmp_path: Path, capsys: pytest.CaptureFix
 
 def test_method_plus_weighting_labels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``imgrad+igbv2`` is a run label that trains imgrad with the igbv2 loss weighting."""
-    assert sweep.parse_methods("imgrad+igbv2,mean,imgrad+igbv2,igbv2") == ["imgrad+igbv2", "mtsac", "igbv2"]
+    assert grid.parse_methods("imgrad+igbv2,mean,imgrad+igbv2,igbv2") == ["imgrad+igbv2", "mtsac", "igbv2"]
     argv = ["--env", "mt10", "--methods", "imgrad+igbv2,imgrad", "--seeds", "1", "--config", "mt10_cpu",
             "--out", str(tmp_path), "--dry-run"]
     assert sweep.main(argv) == 0

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from rl_mtl import checkpoint, report, runs, sweep, train
+from rl_mtl import checkpoint, grid, report, runs, sweep, train
 from rl_mtl.backends import Outcome, RunSpec
 from rl_mtl.config import TrainConfig, build_config, save_config
 
@@ -73,8 +73,8 @@ def test_label_names_values_as_parsed() -> None:
     first = plan.runs[0]
     assert first.cfg.combiner == {"lr": 0.05} and first.cfg.weighting_opts["hidden_sizes"] == [64, 64]
     assert [a.key for a in plan.grid] == ["combiner.lr", "weighting.lr", "weighting.hidden_sizes"]
-    assert sweep.split_values("[1,2],{a: 1, b: 2},3") == ["[1,2]", "{a: 1, b: 2}", "3"]
-    assert [sweep.shown_value(v) for v in (True, None, 0.5, 1e-05, (400, 400), "critic")] == [
+    assert grid.split_values("[1,2],{a: 1, b: 2},3") == ["[1,2]", "{a: 1, b: 2}", "3"]
+    assert [grid.shown_value(v) for v in (True, None, 0.5, 1e-05, (400, 400), "critic")] == [
         "true", "none", "0.5", "1e-05", "400x400", "critic"]
 
 
