@@ -29,6 +29,7 @@ float tolerance (``tests/test_compile.py``). Checkpoints do not change: nothing 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -109,6 +110,20 @@ class CompiledUpdate:
             torch.compiler.cudagraph_mark_step_begin()
 
 
+def _drop_profiler_notice(record: logging.LogRecord) -> bool:
+    """False for dynamo's "Profiler record function ... will be ignored": every optimiser step carries a profiler
+    annotation (``Optimizer.profile_hook_step``) that a compiled step leaves out, which is harmless and not the
+    user's to act on; everything else passes."""
+    return not str(record.msg).startswith("Profiler record function")
+
+
+def quiet_profiler_notice() -> None:
+    """Keep that one dynamo warning off the console (once per process; other dynamo warnings still show)."""
+    log = logging.getLogger("torch._dynamo.variables.ctx_manager")
+    if _drop_profiler_notice not in log.filters:
+        log.addFilter(_drop_profiler_notice)
+
+
 def compile_update(agent: MTSAC, steps: dict[str, CombinedStep]) -> CompiledUpdate:
     """Install the compiled update on ``agent`` and its combined steps (the reducers of its losses); returns it.
 
@@ -118,6 +133,7 @@ def compile_update(agent: MTSAC, steps: dict[str, CombinedStep]) -> CompiledUpda
     # each optimiser step is compiled for its own optimiser (its parameters are static graph inputs, guarded by
     # identity): a process with a few agents (a benchmark, the tests) needs more than dynamo's 8 entries per function
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    quiet_profiler_notice()
     compiled = CompiledUpdate(agent, compile_mode(agent.device))
     if compiled.cudagraphs:
         for optimizer in agent.optimizers():

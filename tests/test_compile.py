@@ -7,12 +7,17 @@ autograd and hand computations.  Tiny networks (compilation, not the sizes, is w
 * a non-finite loss is skipped and counted as in the eager update, weights and optimiser state untouched;
 * checkpoints are unaffected: same keys, an eager agent continues a compiled one's checkpoint and vice versa, and
   a checkpoint of a CUDA-graph run (``capturable=True``) loads into a CPU agent;
-* the option: ``--compile`` / ``--set compile=true``, and a resume may switch it.
+* the option: ``--compile`` / ``--set compile=true``, and a resume may switch it;
+* a compiled run's console holds our lines only (no raw torch warning).
 """
 
 from __future__ import annotations
 
 import copy
+import re
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
@@ -155,3 +160,20 @@ def test_compile_option_flag_and_resume() -> None:
     assert build_config("mt10_cpu", cli_overrides(parser.parse_args(["--compile"]))).compile is True
     assert build_config("mt10_cpu", cli_overrides(parser.parse_args(["--set", "compile=true"]))).compile is True
     assert "compile" in RESUMABLE  # it changes how the update runs, not what it computes
+
+
+def test_compiled_training_console_holds_only_our_lines(tmp_path: Path) -> None:
+    """A ``--compile`` run's console: the compile note once and no raw torch log line (dynamo's "Profiler record
+    function ... will be ignored", which every compiled optimiser step used to print). A fresh process, since
+    dynamo warns once per process."""
+    run = subprocess.run(
+        [sys.executable, "-m", "rl_mtl.train", "--env", "mt1:reach-v3", "--config", "mt10_cpu", "--compile",
+         "--steps", "40", "--logdir", str(tmp_path / "run"), "--no-progress", "--set", "hidden_sizes=16,16",
+         "--set", "batch_size=8", "--set", "warmup_steps=10", "--set", "max_episode_steps=20",
+         "--set", "eval_every=0", "--set", "eval_episodes=1", "--set", "torch_threads=1"],
+        capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = (run.stdout + run.stderr).splitlines()
+    assert sum("--compile: the update was compiled" in line for line in lines) == 1, lines
+    torch_lines = [line for line in lines if re.match(r"[IWE]\d{4} ", line) or "will be ignored" in line]
+    assert not torch_lines, torch_lines
