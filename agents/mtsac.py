@@ -309,11 +309,11 @@ class MTSAC(nn.Module):
             optimizer.zero_grad(set_to_none=True)
             self.skipped_steps += 1
             return losses, aux
+        if self.cfg.grad_clip > 0.0:  # eager under --compile too: see rl_mtl.compiled.CompiledUpdate.step
+            torch.nn.utils.clip_grads_with_norm_(params, self.cfg.grad_clip, grad_norm)
         if self.compiled is not None:
-            self.compiled.step(optimizer, params, self.cfg.grad_clip, grad_norm)
+            self.compiled.step(optimizer)
         else:
-            if self.cfg.grad_clip > 0.0:
-                torch.nn.utils.clip_grads_with_norm_(params, self.cfg.grad_clip, grad_norm)
             optimizer.step()
         after_step = getattr(reducer, "after_step", None)
         if after_step is not None:

@@ -183,7 +183,7 @@ class MultiTaskReplay:
         ):
             if state[name] != mine:
                 raise ValueError(f"replay state has {name}={state[name]}, this buffer has {mine}")
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(state["generator"].cpu())  # an RNG state is a CPU tensor; map_location moves it
         if "data" not in state:
             self._ptr = 0
             self._size = 0

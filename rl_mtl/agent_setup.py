@@ -5,10 +5,18 @@ It sits below :mod:`rl_mtl.trainer` and :mod:`rl_mtl.evaluate` (neither imports 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from rl_mtl.agents.mtsac import SACConfig
-from rl_mtl.config import ConfigError, TrainConfig
+from rl_mtl.config import ConfigError, TrainConfig, build_config
+
+
+def check_flags(**values: Any) -> None:
+    """Check options given outside a run config (``rl_mtl.evaluate``'s ``--seed``, ``--device``) with training's own
+    validation, so a bad value gets the very :class:`ConfigError` (flag and message) ``rl_mtl.train`` gives."""
+    build_config(overrides=values)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib.metadata
+import shlex
 import sys
+from pathlib import Path
 from typing import NoReturn
 
 
@@ -28,3 +32,43 @@ def error(prog: str, message: str) -> None:
 def one_line(message: object) -> str:
     """``message`` with its lines joined by single spaces (an exception text from deeper code may span several)."""
     return " ".join(str(message).split())
+
+
+@functools.cache
+def install_hint(extra: str) -> str:
+    """The one-line command that installs optional extra ``extra`` (setup.cfg's ``[options.extras_require]``): its
+    requirements, from the installed metadata (right for a wheel), and ``pip install -e`` of the checkout if any."""
+    commands = []
+    requirements = extra_requirements(extra)
+    if requirements:
+        commands.append("pip install " + " ".join(shlex.quote(r) for r in requirements))
+    checkout = checkout_dir()
+    if checkout is not None:
+        commands.append(f"pip install -e {shlex.quote(f'{checkout}[{extra}]')}")
+    return " or ".join(commands) or f"install rl_mtl with its {extra!r} extra"
+
+
+def extra_requirements(extra: str) -> list[str]:
+    """The requirements of optional extra ``extra`` on this platform, from the installed rl_mtl's metadata (``[]``
+    when rl_mtl is not installed or has no such extra)."""
+    from packaging.requirements import Requirement  # (install_requires); imported only when a hint is wanted
+
+    try:
+        entries = importlib.metadata.requires("rl_mtl") or []
+    except importlib.metadata.PackageNotFoundError:
+        return []
+    out = []
+    for entry in entries:
+        requirement = Requirement(entry)
+        marker = requirement.marker
+        # the extra's own entries: true for this extra, false for none (a core dependency's is the same for both)
+        if marker is not None and marker.evaluate({"extra": extra}) and not marker.evaluate({"extra": ""}):
+            requirement.marker = None
+            out.append(str(requirement))
+    return out
+
+
+def checkout_dir() -> Path | None:
+    """The source checkout rl_mtl is imported from (an editable install or a plain checkout), ``None`` for a wheel."""
+    root = Path(__file__).resolve().parents[1]
+    return root if (root / "setup.cfg").is_file() else None

@@ -15,7 +15,8 @@ for compiled versions:
   losses (a weighting, FAMO) a compiled forward without gradients measures them first (``pertask.task_losses``,
   also FAMO's re-measure after the step).  One graph rather than AOTAutograd's forward/backward pair: on the CPU
   its saved boolean ReLU masks are stored by a vectorised kernel about 30 times slower than eager (torch 2.13);
-* each optimiser's gradient clipping and Adam step.
+* each optimiser's Adam step (the gradient clipping before it stays eager: a foreach scale, and on CUDA it would
+  cost the step its CUDA graph).
 
 The host-side combiner solve (numba, cvxpy) sits between the per-task gradients and the optimiser step and stays
 outside the graphs on purpose: every compiled function is one graph (``fullgraph=True``), so the update is captured
@@ -49,11 +50,8 @@ def compile_mode(device: torch.device) -> str:
     return "reduce-overhead" if device.type == "cuda" else "default"
 
 
-def clip_and_step(optimizer: torch.optim.Optimizer, params: list[Tensor], max_norm: float,
-                  total_norm: Tensor) -> None:
-    """Scale the gradients to norm ``max_norm`` when it is > 0 (``total_norm`` already measured), then step."""
-    if max_norm > 0.0:
-        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total_norm)
+def optimizer_step(optimizer: torch.optim.Optimizer) -> None:
+    """One step of ``optimizer`` (compiled once per optimiser by :meth:`CompiledUpdate.step`)."""
     optimizer.step()
 
 
@@ -62,7 +60,7 @@ class CompiledUpdate:
 
     ``targets(batch, noise)``: the agent's target computation; ``gradients_and_gram``, ``weighted_gradients``,
     ``task_losses``: :mod:`rl_mtl.pertask`'s, for the combined steps;
-    ``step(optimizer, params, max_norm, total_norm)``: :func:`clip_and_step`, compiled once per optimiser;
+    ``step(optimizer)``: the optimiser's step, compiled once per optimiser;
     ``begin_update()``: called at the start of every update (a new CUDA-graph step).
     """
 
@@ -87,13 +85,14 @@ class CompiledUpdate:
 
         return call
 
-    def step(self, optimizer: torch.optim.Optimizer, params: list[Tensor], max_norm: float,
-             total_norm: Tensor) -> None:
-        """:func:`clip_and_step`, compiled for this optimiser (its parameters and state are the graph's)."""
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        """:func:`optimizer_step`, compiled for this optimiser (its parameters and state are the graph's). Gradient
+        clipping stays eager (``MTSAC._step``): compiled, it mutates the gradients, which are not static graph
+        inputs, and cudagraph trees would skip CUDA graphs for it."""
         fn = self._steps.get(id(optimizer))
         if fn is None:
-            fn = self._steps[id(optimizer)] = self.compile(clip_and_step, fullgraph=False)
-        fn(optimizer, params, max_norm, total_norm)
+            fn = self._steps[id(optimizer)] = self.compile(optimizer_step, fullgraph=False)
+        fn(optimizer)
 
     def note(self, num_updates: int, actor_update_every: int) -> str | None:
         """One console line, once, when the updates that compile are done (every optimiser's second step, when its
@@ -132,7 +131,9 @@ def compile_update(agent: MTSAC, steps: dict[str, CombinedStep]) -> CompiledUpda
     """
     # each optimiser step is compiled for its own optimiser (its parameters are static graph inputs, guarded by
     # identity): a process with a few agents (a benchmark, the tests) needs more than dynamo's 8 entries per function
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    dynamo = torch._dynamo.config
+    limit = "recompile_limit" if hasattr(dynamo, "recompile_limit") else "cache_size_limit"  # its name before 2.7
+    setattr(dynamo, limit, max(getattr(dynamo, limit), 64))
     quiet_profiler_notice()
     compiled = CompiledUpdate(agent, compile_mode(agent.device))
     if compiled.cudagraphs:

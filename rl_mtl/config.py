@@ -307,6 +307,10 @@ def _build_with_options(registry: Any, name: str, options: Mapping[str, Any], pr
         if option not in known or option == "seed":
             allowed = ", ".join(k for k in known if k != "seed")
             raise ConfigError(f"--set {prefix}.{option}", f"unknown option of {name}; known: {allowed}")
+    for option, value in options.items():  # a number given as text: say so, not Python's "must be real number"
+        default = known[option]
+        if isinstance(default, (int, float)) and not isinstance(default, bool) and isinstance(value, str):
+            raise ConfigError(f"--set {prefix}.{option}", f"expected a number, got '{value}'")
     try:
         return registry.make(name, **options)
     except (ValueError, TypeError) as exc:
@@ -380,9 +384,11 @@ def presets() -> list[str]:
 
 
 def is_config_path(name: str) -> bool:
-    """Whether ``--config`` names a YAML file (a path) rather than a preset: it ends in ``.yaml``/``.yml`` or
-    holds a path separator."""
-    return name.endswith((".yaml", ".yml")) or "/" in name or os.sep in name
+    """Whether ``--config`` names a YAML file (a path) rather than a preset: it ends in ``.yaml``/``.yml``, holds a
+    path separator, or is an existing file that is not a preset's name."""
+    if name.endswith((".yaml", ".yml")) or "/" in name or os.sep in name:
+        return True
+    return name not in presets() and Path(name).expanduser().is_file()
 
 
 def resolve_preset(name: str) -> str:
@@ -398,7 +404,10 @@ def load_preset(name: str) -> dict[str, Any]:
         path = Path(name).expanduser()
         if not path.is_file():
             raise ConfigError("--config", f"no such YAML file {path}")
-        return _read_yaml(path, "--config")
+        data = _read_yaml(path, "--config")
+        if not data:  # an empty file would silently give the code's defaults (paper scale, 2M steps)
+            raise ConfigError("--config", f"{path} holds no options; give at least one (e.g. env: mt10) or a preset")
+        return data
     path = CONFIG_DIR / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError("--config", f"unknown preset '{name}'; known: {', '.join(presets())} (or the path of a "

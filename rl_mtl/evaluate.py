@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -165,15 +166,44 @@ DEFAULT_EPISODES = 10
 OFFICIAL_EPISODES = 50
 
 
-def load_agent(checkpoint_file: Path, device: str = "cpu") -> tuple[Any, Any]:
-    """The agent and run config stored in a training checkpoint (``runs/<run>/checkpoints/last.pt``)."""
-    from rl_mtl.agents.mtsac import MTSAC
+#: what every training checkpoint holds (``Trainer.save``) and evaluation reads
+TRAINING_KEYS = ("step", "config", "agent")
+
+
+def load_training_state(checkpoint_file: Path) -> dict[str, Any]:
+    """A training checkpoint's contents; any other rl_mtl torch file (a ``replay-<step>.pt`` beside it, a dict without
+    the keys of a checkpoint) is a :class:`~rl_mtl.checkpoint.CheckpointError` naming the file and the right one."""
     from rl_mtl import checkpoint
-    from rl_mtl.config import build_config, num_tasks
-    from rl_mtl.agent_setup import resolve_device, sac_config
 
     state = checkpoint.load(checkpoint_file, map_location="cpu")
-    cfg = build_config(base=state["config"])
+    missing = [key for key in TRAINING_KEYS if key not in state]
+    if not missing and isinstance(state["config"], dict):
+        return state
+    what = ("it holds a run's replay data" if "replay" in state and "agent" not in state
+            else f"it has no {', '.join(missing) or 'config mapping'}")
+    sibling = Path(checkpoint_file).parent / checkpoint.CHECKPOINT_NAME
+    right = (f"this run's is {sibling}" if sibling.is_file() and sibling != Path(checkpoint_file)
+             else f"a run's is <run>/checkpoints/{checkpoint.CHECKPOINT_NAME}")
+    raise checkpoint.CheckpointError(f"checkpoint file {checkpoint_file} is not a training checkpoint ({what}); "
+                                     f"{right}")
+
+
+def load_agent(checkpoint_file: Path, device: str = "cpu",
+               state: dict[str, Any] | None = None) -> tuple[Any, Any]:
+    """The agent and run config stored in a training checkpoint (``runs/<run>/checkpoints/last.pt``); ``state``:
+    its contents when already read (:func:`load_training_state`)."""
+    from rl_mtl.agents.mtsac import MTSAC
+    from rl_mtl import checkpoint
+    from rl_mtl.config import ConfigError, build_config, num_tasks
+    from rl_mtl.agent_setup import resolve_device, sac_config
+
+    if state is None:
+        state = load_training_state(checkpoint_file)
+    try:
+        cfg = build_config(base=state["config"])
+    except ConfigError as exc:
+        raise checkpoint.CheckpointError(f"checkpoint file {checkpoint_file} records an invalid config "
+                                         f"({exc})") from None
     dev = resolve_device(device)
     obs_dim = 39 + (num_tasks(cfg.env) if cfg.one_hot else 0)
     agent = MTSAC(obs_dim, 4, num_tasks(cfg.env), sac_config(cfg), dev)
@@ -243,12 +273,11 @@ def evaluate_checkpoint(
     trainer's own final evaluation.  One env serves every seed; with ``envs`` (a cache keyed by the env name,
     training seed and env options, closed by the caller) checkpoints of one benchmark and seed share it.
     """
-    from rl_mtl import checkpoint
-
     if not seeds:
         raise ValueError("seeds must not be empty")
-    agent, cfg = load_agent(ckpt, device)
-    step = int(checkpoint.load(ckpt, map_location="cpu")["step"])
+    state = load_training_state(ckpt)
+    agent, cfg = load_agent(ckpt, device, state)
+    step = int(state["step"])
     cache: dict[str, MultiTaskVectorEnv] = {} if envs is None else envs
     key = json.dumps([cfg.env, cfg.seed, cfg.env_kwargs()], sort_keys=True)
     try:
@@ -298,17 +327,35 @@ def _evaluate_sweep(root: Path, episodes: int, seeds: Sequence[int], device: str
     return 0
 
 
+def check_output(out: Path, flag: str, hint: str = "") -> None:
+    """Fail now, not after the evaluation, when ``out`` cannot be written: it must not be a folder, and its folder
+    must exist and be writable (one line naming ``flag``, exit 2)."""
+    from rl_mtl.cli import fail
+
+    folder = out.parent
+    if out.is_dir():
+        problem = "it is a directory; give a file name such as " + str(out / "eval.json")
+    elif not folder.is_dir():
+        problem = f"folder {folder} does not exist"
+    elif not os.access(folder, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        problem = f"{'it' if out.exists() else f'folder {folder}'} is not writable"
+    else:
+        return
+    fail(PROG, f"{flag}: cannot write {out}: {problem}{hint}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m rl_mtl.evaluate --run DIR | --checkpoint FILE | --sweep DIR [--episodes N] [--seed S]
     [--seeds N]``."""
-    from rl_mtl import checkpoint
+    from rl_mtl import checkpoint, runs
+    from rl_mtl.agent_setup import check_flags, resolve_device
     from rl_mtl.cli import Parser, fail
     from rl_mtl.config import ConfigError
 
     parser = Parser(prog=PROG, description="Success rate per task of a trained policy (deterministic actions).")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", help="run directory (uses its checkpoints/last.pt)")
-    source.add_argument("--checkpoint", help="checkpoint file")
+    source.add_argument("--checkpoint", help="training checkpoint file (a run's checkpoints/last.pt)")
     source.add_argument("--sweep", help="sweep directory: evaluate every finished run's final checkpoint and write "
                         "<run>/eval.json (read by python -m rl_mtl.report DIR --source eval)")
     parser.add_argument("--episodes", type=int, help=f"episodes per task and seed (default {DEFAULT_EPISODES}; "
@@ -331,22 +378,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         fail(PROG, f"--episodes: the official protocol uses {OFFICIAL_EPISODES}, got {episodes}")
     if args.seeds < 1:
         fail(PROG, f"--seeds: must be an integer >= 1, got {args.seeds}")
+    try:  # training's checks and messages for --seed and --device, and CUDA's presence, before any loading
+        check_flags(seed=args.seed, device=args.device)
+        resolve_device(args.device)
+    except ConfigError as exc:
+        fail(PROG, str(exc))
     seeds = list(range(args.seed, args.seed + args.seeds))
     if args.sweep:
         if args.out:
             fail(PROG, "--out: not with --sweep (each run's result goes to <run>/eval.json)")
         if not Path(args.sweep).is_dir():
             fail(PROG, f"--sweep: {args.sweep} is not a directory")
+        if not runs.find_runs(Path(args.sweep)):  # as rl_mtl.report says of the same folder
+            fail(PROG, f"--sweep: no runs under {args.sweep} (no {runs.CONFIG} or {runs.STATUS} found)")
         return _evaluate_sweep(Path(args.sweep), episodes, seeds, args.device)
+    flag = "--checkpoint" if args.checkpoint else "--run"
     ckpt = Path(args.checkpoint) if args.checkpoint else Path(args.run) / "checkpoints" / checkpoint.CHECKPOINT_NAME
+    out = Path(args.out) if args.out else (Path(args.run) if args.run else ckpt.parent.parent) / runs.EVAL
+    if args.out:
+        check_output(out, "--out")
+    elif out.parent.is_dir():  # a missing run directory is reported by the checkpoint's loading
+        check_output(out, flag, "; pass --out FILE")
     try:
         payload = evaluate_checkpoint(ckpt, episodes, seeds, args.device)
     except checkpoint.CheckpointError as exc:
-        fail(PROG, f"{'--checkpoint' if args.checkpoint else '--run'}: {exc}")
+        fail(PROG, f"{flag}: {exc}")
     except ConfigError as exc:
         fail(PROG, str(exc))
     print(format_table(payload["success"]))
-    out = Path(args.out) if args.out else (Path(args.run) if args.run else ckpt.parent.parent) / "eval.json"
     out.write_text(json.dumps(payload, indent=2))
     print(f"written {out}")
     return 0

@@ -146,8 +146,8 @@ class Logger:
 
     def progress(self, step: int, **postfix: float | str) -> None:
         """Advance the console bar to ``step`` and update the shown figures (steps/s, latest success, ...)."""
-        for key, value in postfix.items():
-            self._postfix[key] = f"{value:.3g}" if isinstance(value, float) else str(value)
+        for key, value in postfix.items():  # a figure not measured yet (no episode finished) shows as "-"
+            self._postfix[key] = ("-" if value != value else f"{value:.3g}") if isinstance(value, float) else str(value)
         if postfix:
             self.bar.set_postfix(self._postfix, refresh=False)
         self.bar.update(step - self.bar.n)

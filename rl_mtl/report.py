@@ -30,7 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from rl_mtl import runs, stats
-from rl_mtl.cli import Parser, fail
+from rl_mtl.cli import Parser, fail, install_hint
 from rl_mtl.config import ConfigError, TrainConfig
 from rl_mtl.report_plots import AGGREGATE_TITLES, write_plots
 
@@ -121,9 +121,11 @@ class Run:
 # ---------------------------------------------------------------------------------------------------------------
 # reading
 def _label(root: Path, path: Path, cfg: TrainConfig | None) -> str:
-    """The method group of a run: its parent directory under the sweep root (``<method>``), else its method."""
-    parent = path.parent.relative_to(root).as_posix() if path.parent != root else ""
-    return parent or (cfg.method if cfg else path.name)
+    """The method group of a run: its parent directory under the sweep root (``<method>``); a run directly under the
+    root, or the root itself (a single run directory), by its method."""
+    if path == root or path.parent == root:
+        return cfg.method if cfg else path.name
+    return path.parent.relative_to(root).as_posix()
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -567,7 +569,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = Parser(prog=PROG, description="Tables and plots of a sweep's runs: mean ± SEM and bootstrap CI across "
                     "seeds; IQM, mean, median, optimality gap and probability of improvement over runs × tasks "
                     "with stratified bootstrap CIs (Agarwal et al. 2021); performance profiles.")
-    parser.add_argument("dir", help="sweep directory (python -m rl_mtl.sweep --out DIR) or any folder of runs")
+    parser.add_argument("dir", help="sweep directory (python -m rl_mtl.sweep --out DIR), any folder of runs or one "
+                        "run directory")
     parser.add_argument("--out", help="where to write results.* and the plots (default: DIR)")
     parser.add_argument("--source", choices=("summary", "eval"), default="summary",
                         help="final scores from summary.json (default) or from eval.json (rl_mtl.evaluate --sweep)")
@@ -576,7 +579,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"against (default: {DEFAULT_BASELINE} when it has averaged runs)")
     parser.add_argument("--stats", choices=tuple(stats.BACKENDS), default="numpy",
                         help="who computes the statistics over runs × tasks: rl_mtl.stats (numpy, default) or "
-                             "rliable itself (pip install -e '.[report]')")
+                             f"rliable itself ({install_hint('report')})")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     args = parser.parse_args(argv)
     root = Path(args.dir).resolve()
@@ -588,7 +591,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             stats.load_rliable()
         except RuntimeError as exc:
-            fail(PROG, f"--stats: {exc}; pip install -e '.[report]'")
+            fail(PROG, f"--stats: {exc}; {install_hint('report')}")
     if not runs.find_runs(root) and not (root / runs.MANIFEST).is_file():
         fail(PROG, f"DIR: no runs under {args.dir} (no config.yaml or {runs.STATUS} found)")
     out = Path(args.out).resolve() if args.out else root

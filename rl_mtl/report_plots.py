@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from rl_mtl import stats
+from rl_mtl.cli import install_hint
 
 if TYPE_CHECKING:
     from rl_mtl.report import Run
@@ -36,10 +37,16 @@ def read_metrics(path: Path, keys: Sequence[str]) -> dict[str, list[tuple[int, f
     return {key: sorted(values.items()) for key, values in series.items()}
 
 
+def _line(ax: Any, x: Sequence[float], y: Sequence[float], label: str) -> Any:
+    """A labelled line; a single point is drawn as a dot (a one-point line draws nothing: a tiny sweep's curves)."""
+    (line,) = ax.plot(x, y, label=label, marker="o" if len(x) == 1 else None)
+    return line
+
+
 def _band(ax: Any, x: Sequence[float], y: Sequence[float], low: Sequence[float | None],
           high: Sequence[float | None], label: str) -> None:
     """A line with its shaded interval (undefined bounds, one run, shade nothing)."""
-    (line,) = ax.plot(x, y, label=label, marker="o" if len(x) == 1 else None)  # one step: a dot, not nothing
+    line = _line(ax, x, y, label)
     lo = [v if v is not None and not math.isnan(v) else m for v, m in zip(low, y)]
     hi = [v if v is not None and not math.isnan(v) else m for v, m in zip(high, y)]
     ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2)
@@ -52,7 +59,7 @@ def write_plots(out: Path, methods: dict[str, dict[str, Any]], records: Sequence
     try:
         import matplotlib
     except ImportError:
-        print("matplotlib is not installed: no plots (pip install -e '.[plots]')")
+        print(f"matplotlib is not installed: no plots ({install_hint('plots')})")
         return []
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -115,7 +122,7 @@ def write_plots(out: Path, methods: dict[str, dict[str, Any]], records: Sequence
                 curves = [logged[r.path][key] for r in usable if r.label == label and logged[r.path][key]]
                 if curves:
                     mean = stats.aggregate_curves(curves, resamples=200)
-                    ax.plot(mean["step"], mean["mean"], label=label)
+                    _line(ax, mean["step"], mean["mean"], label)
             ax.set(title=title, xlabel="loop step")
         axes[0][0].legend()
         fig.tight_layout()

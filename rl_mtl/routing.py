@@ -248,7 +248,9 @@ class CombinedStep:
 
     def _add_vector(self, key: str, value: Tensor) -> None:
         value = value.detach().float()
-        self._vectors[key] = self._vectors[key] + value if key in self._vectors else value
+        if key in self._vectors:  # a resumed interval's sum is where the checkpoint's map_location put it
+            value = self._vectors[key] + value.to(self._vectors[key].device)
+        self._vectors[key] = value
         self._counts[key] = self._counts.get(key, 0) + 1
 
     def _add_stats(self, stats: dict[str, float]) -> None:

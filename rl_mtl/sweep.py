@@ -33,7 +33,7 @@ from typing import Any, Sequence
 
 from rl_mtl import runs
 from rl_mtl.backends import NEW, Outcome, RunSpec, run_local, run_ray
-from rl_mtl.cli import Parser, fail
+from rl_mtl.cli import Parser, fail, install_hint
 from rl_mtl.config import (METHODS, ConfigError, TrainConfig, build_config, is_config_path, parse_set, presets,
                            resolve_preset)
 from rl_mtl.grid import (STL, SWEEP_KEYS, GridAxis, grid_applies, grid_points, label_overrides, parse_grid,
@@ -432,7 +432,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             try:
                 outcomes += run_ray(specs, report, args.ray_address, workers * cpus, cpus, args.num_gpus)
             except ImportError:
-                fail(PROG, "--backend ray: ray is not installed; pip install -e '.[ray]' (or pip install ray)")
+                fail(PROG, f"--backend ray: ray is not installed; {install_hint('ray')}")
         else:
             outcomes += run_local(specs, workers, report)
     final = collections.Counter(o.status for o in outcomes)

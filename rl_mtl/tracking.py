@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from rl_mtl import runs
+from rl_mtl.cli import install_hint
 from rl_mtl.config import ConfigError
 
 #: what a user without wandb is told to run
-INSTALL = "pip install 'rl_mtl[wandb]'"
+INSTALL = install_hint("wandb")
 #: the W&B run of a run directory: its id, project, entity, group and the last step sent to W&B
 STATE_FILE = "wandb.json"
 
@@ -37,7 +38,7 @@ class TrackingOptions:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``--track`` and the ``--wandb-*`` flags of the training command line."""
-    group = parser.add_argument_group("Weights & Biases (optional: pip install 'rl_mtl[wandb]')")
+    group = parser.add_argument_group(f"Weights & Biases (optional: {INSTALL})")
     group.add_argument("--track", action="store_true",
                        help="also send the TensorBoard scalars and the config to W&B (--resume continues the same "
                        "W&B run; WANDB_MODE=offline writes it locally for `wandb sync`)")

@@ -28,9 +28,12 @@ from rl_mtl.config import (
     method_help,
     parse_set,
     presets,
+    resolve_preset,
 )
 
 PROG = "python -m rl_mtl.train"
+#: the preset of a run started without --config
+DEFAULT_PRESET = "mt10"
 #: options a resumed run may change; anything else must match the saved config
 RESUMABLE = {"steps", "eval_every", "eval_episodes", "log_every", "checkpoint_every", "save_replay", "device",
              "torch_threads", "diag_every", "rollout", "workers", "compile"}
@@ -49,15 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{', '.join(WEIGHTING_METHODS)} = mtsac with that --weighting")
     parser.add_argument("--weighting", help="loss weighting composed with the method: none | "
                         f"{' | '.join(WEIGHTING_METHODS)} (default none)")
-    parser.add_argument("--config", default="mt10", help=f"a preset ({', '.join(presets())}) or the path of a "
-                        "YAML file of options (same keys as a preset)")
+    parser.add_argument("--config", help=f"a preset ({', '.join(presets())}) or the path of a YAML file of options "
+                        f"(same keys as a preset); default {DEFAULT_PRESET}; a resumed run keeps its own")
     parser.add_argument("--steps", help="loop steps (each steps all K envs once)")
     parser.add_argument("--seed", help="random seed")
     parser.add_argument("--device", help="auto | cpu | cuda")
     parser.add_argument("--rollout", help="sync (envs in this process, then the update) | async (envs in worker "
                         "processes, stepping while the learner updates)")
     parser.add_argument("--workers", help="rollout worker processes with --rollout async (0: one per free core)")
-    parser.add_argument("--logdir", help="run directory (default: runs/<env>_<method>_seed<seed>)")
+    parser.add_argument("--logdir", help="run directory (default: runs/<env>_<method>[-<weighting>]_seed<seed>)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --logdir from its checkpoint")
     parser.add_argument("--save-replay", action="store_true", help="also checkpoint the replay buffer")
     parser.add_argument("--compile", action="store_true", help="compile the update with torch.compile (CUDA "
@@ -94,8 +97,9 @@ def default_run_dir(cfg: TrainConfig) -> Path:
 def resolve(args: argparse.Namespace) -> tuple[TrainConfig, Path]:
     """Config and run directory from the arguments; raises :class:`ConfigError` naming the flag at fault."""
     overrides = cli_overrides(args)
+    preset = args.config or DEFAULT_PRESET
     if not args.resume:
-        cfg = build_config(args.config, overrides)
+        cfg = build_config(preset, overrides)
         run_dir = Path(args.logdir) if args.logdir else default_run_dir(cfg)
         if (run_dir / "checkpoints" / checkpoint.CHECKPOINT_NAME).exists():
             raise ConfigError("--logdir", f"{run_dir} already holds a run; pass --resume to continue it "
@@ -104,10 +108,10 @@ def resolve(args: argparse.Namespace) -> tuple[TrainConfig, Path]:
     if args.logdir:
         run_dir = Path(args.logdir)
     else:
-        run_dir = default_run_dir(build_config(args.config, overrides))
+        run_dir = default_run_dir(build_config(preset, overrides))
     path = run_dir / "config.yaml"
     saved = load_config_file(path)
-    recorded = checkpoint_config(run_dir / "checkpoints" / checkpoint.CHECKPOINT_NAME)
+    recorded, trained_to = checkpoint_record(run_dir / "checkpoints" / checkpoint.CHECKPOINT_NAME)
     try:
         old = saved_config(path, saved)
     except ConfigError:
@@ -120,15 +124,30 @@ def resolve(args: argparse.Namespace) -> tuple[TrainConfig, Path]:
         raise ConfigError(f"--set {frozen[0]}" if frozen[0] not in ("env", "method", "seed") else f"--{frozen[0]}",
                           f"cannot change '{frozen[0]}' when resuming (only {', '.join(sorted(RESUMABLE))})")
     check_against_checkpoint(path, saved, old, recorded)
+    if args.config is not None:
+        check_config_flag(args.config, cfg, run_dir)
+    if cfg.steps < trained_to:  # the run would "finish" at once, recording fewer steps than it was trained for
+        flag = "--steps" if "steps" in overrides else "--resume"
+        raise ConfigError(flag, f"steps={cfg.steps} is below step {trained_to}, which the checkpoint in {run_dir} "
+                                f"was trained to; pass --steps {trained_to} or more, or start a new run")
     return cfg, run_dir
 
 
-def checkpoint_config(ckpt: Path) -> dict[str, Any]:
-    """The config a checkpoint was trained with (``TrainConfig.to_dict()``, saved with it)."""
-    recorded = checkpoint.load(ckpt, map_location="cpu").get("config")
+def check_config_flag(config: str, cfg: TrainConfig, run_dir: Path) -> None:
+    """``--config`` on resume: accepted only when it names the preset (or YAML file) the run was started with; a
+    resumed run keeps its config, so another one would otherwise be ignored without a word."""
+    if resolve_preset(config) != cfg.preset:
+        raise ConfigError("--config", f"{run_dir} was started with --config {cfg.preset}, not {config}; "
+                                      "a resumed run keeps its own config: drop --config")
+
+
+def checkpoint_record(ckpt: Path) -> tuple[dict[str, Any], int]:
+    """The config a checkpoint was trained with (``TrainConfig.to_dict()``, saved with it) and its step."""
+    state = checkpoint.load(ckpt, map_location="cpu")
+    recorded = state.get("config")
     if not isinstance(recorded, dict):
         raise checkpoint.CheckpointError(f"checkpoint file {ckpt} records no config")
-    return recorded
+    return recorded, int(state.get("step", 0))
 
 
 def saved_config(path: Path, saved: dict[str, Any]) -> TrainConfig:
@@ -176,6 +195,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if (warning := weighting_warning(cfg)) is not None:  # e.g. any weighting under nashmtl: one line
             print(f"{PROG}: {warning}", file=sys.stderr)
+        if cfg.warmup_steps >= cfg.steps and not args.resume:
+            print(f"{PROG}: warning: warmup_steps={cfg.warmup_steps} >= steps={cfg.steps}: the run collects "
+                  "random actions only and never updates its policy", file=sys.stderr)
 
         trainer = Trainer(cfg, run_dir, resume=args.resume, progress=not args.no_progress, tracking=track)
     except ConfigError as exc:

@@ -133,7 +133,7 @@ class Trainer:
         # async: send the actions, update while the workers simulate, then collect — the update made during step t
         # samples a replay without transition t (one step of data staleness; the acting actor is never stale)
         overlap = cfg.rollout == "async"
-        result: dict[str, Any] | None = None  # what the run returns; None while (or if) it raises
+        outcome: dict[str, Any] | None = None  # what the run returns; None while (or if) it raises
         try:
             if self.obs is None:
                 self.obs = self.env.reset(seed=cfg.seed + self.step)
@@ -171,7 +171,8 @@ class Trainer:
                     self.logger.record("perf/env_steps_per_s", steps_interval * self.num_tasks / elapsed)
                     self.logger.record("perf/updates_per_s", updates_interval / elapsed)
                     self.logger.record("perf/sim_ms", 1e3 * sim_time / steps_interval)
-                    self.logger.record("perf/update_ms", 1e3 * update_time / max(updates_interval, 1))
+                    if updates_interval:  # none in the warm-up: no per-update time to report
+                        self.logger.record("perf/update_ms", 1e3 * update_time / updates_interval)
                     self.logger.record("perf/replay_mb", self.replay.memory_bytes / 2**20)
                     if isinstance(self.env, AsyncCollector):
                         self.logger.record("perf/worker_restarts", self.env.restarts)
@@ -189,33 +190,33 @@ class Trainer:
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     self.save()
                 if cfg.max_skipped_updates and self._consecutive_skips >= cfg.max_skipped_updates:
-                    result = self._stop_diverged()
-                    return result
+                    outcome = self._stop_diverged()
+                    return outcome
             if self._stop_signal is not None:
                 self.save()
                 self.logger.message(
                     f"interrupted by signal {self._stop_signal} at step {self.step}; checkpoint saved to "
                     f"{self.ckpt_path}; continue with --resume --logdir {self.run_dir}")
-                result = {"interrupted": True, "step": self.step}
-                return result
+                outcome = {"interrupted": True, "step": self.step}
+                return outcome
             evaluated = not (self.evals and self.evals[-1]["step"] == self.step)
             final = self._final_evaluation()
             if evaluated:  # the evaluation cut the episodes: a run extended later starts new ones, as after any
                 self.obs = self.env.reset()  # periodic evaluation
             self.save()
             runs.write_json(self.run_dir / runs.SUMMARY, self._summary(final))
-            result = final
-            return result
+            outcome = final
+            return outcome
         except WorkerError as exc:  # a rollout worker failed past its restarts: stop cleanly, resumable
             self.save()
             message = (f"{exc}; stopped at step {self.step}, checkpoint saved to {self.ckpt_path}; continue with "
                        f"--resume --logdir {self.run_dir}")
-            result = {"failed": True, "error": message, "step": self.step}
-            return result
+            outcome = {"failed": True, "error": message, "step": self.step}
+            return outcome
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            self.close(runs.exit_status(result))
+            self.close(runs.exit_status(outcome))
 
     def _actions(self, obs: np.ndarray, act_obs: torch.Tensor | None) -> np.ndarray:
         """Uniform random actions (K, A) during the warm-up, then the acting policy's samples."""

@@ -143,6 +143,8 @@ TINY_RUN = ["--env", "mt1:reach-v3", "--config", "mt10_cpu", "--steps", "5", "--
      "--set combiner.c: given twice (combiner.c=0.5 and combiner.c=0.6)"),
     (["--seed", "1", "--set", "seed=2"], "--set seed: given twice (also as --seed)"),
     (["--env", "mt1:no-such-v3"], "--env: unknown MT1 task 'no-such-v3'; Meta-World has 50, e.g. reach-v3, "),
+    (["--method", "cagrad", "--set", "combiner.c=abc"], "--set combiner.c: expected a number, got 'abc'"),
+    (["--method", "igbv2", "--set", "weighting.floor=low"], "--set weighting.floor: expected a number, got 'low'"),
 ])
 def test_cli_ambiguous_or_unknown_input_exit_2(argv: list[str], expected: str, tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
@@ -181,3 +183,38 @@ def test_exponent_floats_are_numbers_in_set_and_yaml_files(tmp_path):
     assert load_preset(str(path)) == {"critic_lr": 0.0003, "combiner": {"lr": 0.02}}
     cfg = build_config(str(path), {"method": "famo"})
     assert cfg.combiner["lr"] == 0.02 and isinstance(cfg.combiner["lr"], float)
+
+
+def test_config_file_without_yaml_suffix_and_empty_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An existing file named without .yaml is read as the YAML file it is (it was reported as an unknown preset);
+    an empty file is refused (it gave the code's defaults, paper scale, without a word); a preset name still wins
+    over a file of that name."""
+    from rl_mtl.config import build_config
+
+    monkeypatch.chdir(tmp_path)
+    Path("opts.txt").write_text("steps: 5\nbatch_size: 20\n")
+    assert build_config("opts.txt").steps == 5
+    Path("empty.yaml").write_text("# nothing yet\n")
+    with pytest.raises(ConfigError) as info:
+        build_config("empty.yaml")
+    assert str(info.value) == "--config: empty.yaml holds no options; give at least one (e.g. env: mt10) or a preset"
+    Path("mt10_cpu").write_text("steps: 7\n")
+    assert build_config("mt10_cpu").steps == 20000
+
+
+def test_warmup_longer_than_the_run_is_warned(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """warmup_steps >= steps: the run only collects random actions; it trains, but says so on one line."""
+    assert main([*TINY_RUN, "--logdir", str(tmp_path / "run")]) == 0  # 5 steps, warmup_steps=10
+    err = capsys.readouterr().err
+    assert ("python -m rl_mtl.train: warning: warmup_steps=10 >= steps=5: the run collects random actions only "
+            "and never updates its policy") in err
+
+
+def test_progress_bar_shows_a_dash_for_a_figure_not_measured_yet(tmp_path: Path) -> None:
+    """Before any episode ends the training success is NaN: the bar shows '-', not 'nan'."""
+    from rl_mtl.logger import Logger
+
+    logger = Logger(tmp_path, ["a"], total_steps=10, progress=False)
+    logger.progress(1, sps=12.345, train_success=float("nan"))
+    assert logger._postfix == {"sps": "12.3", "train_success": "-"}
+    logger.close()

@@ -141,6 +141,14 @@ def test_evaluate_seeds_averages_fresh_seeds(short_env: MultiTaskVectorEnv) -> N
     (["--run", "r", "--seeds", "0"], "--seeds: must be an integer >= 1"),
     (["--sweep", "nowhere"], "--sweep: nowhere is not a directory"),
     (["--sweep", ".", "--out", "x.json"], "--out: not with --sweep"),
+    (["--run", "r", "--seed", "-1"], "--seed: must be an integer >= 0, got -1"),
+    (["--sweep", "nowhere", "--seed", "-1"], "--seed: must be an integer >= 0, got -1"),
+    (["--run", "r", "--device", "gpu"], "--device: 'gpu' is not one of auto, cpu, cuda"),
+    (["--sweep", "nowhere", "--device", "gpu"], "--device: 'gpu' is not one of auto, cpu, cuda"),
+    # checked before the run is even read (the old code failed only after the whole evaluation)
+    (["--run", "r", "--out", "/nonexistent/dir/x.json"],
+     "--out: cannot write /nonexistent/dir/x.json: folder /nonexistent/dir does not exist"),
+    (["--run", "r", "--out", "."], "--out: cannot write .: it is a directory"),
 ])
 def test_cli_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     from rl_mtl.evaluate import main
@@ -150,6 +158,33 @@ def test_cli_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("flag, value", [("--seed", "-1"), ("--device", "gpu")])
+def test_cli_flag_errors_match_training(flag: str, value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--seed`` and ``--device`` are rejected with the very line ``rl_mtl.train`` gives (after the prog name)."""
+    from rl_mtl.evaluate import main
+    from rl_mtl.train import main as train_main
+
+    lines = []
+    for entry, argv in ((main, ["--run", "r", flag, value]), (train_main, [flag, value])):
+        with pytest.raises(SystemExit) as info:
+            entry(argv)
+        assert info.value.code == 2
+        lines.append(capsys.readouterr().err.strip().split(": error: ", 1)[1])
+    assert lines[0] == lines[1]
+
+
+def test_cli_empty_sweep(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A folder without runs is an error, as ``rl_mtl.report`` says of it (it used to "evaluate 0 run(s)", exit 0)."""
+    from rl_mtl.evaluate import main
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as info:
+        main(["--sweep", str(tmp_path / "empty")])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert f"--sweep: no runs under {tmp_path / 'empty'}" in err and len(err.splitlines()) == 1
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -168,7 +203,8 @@ GOAL_CONFIGS = {"per_reset": [], "fixed": ["--set", "fixed_goals=true"]}
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Finished tiny runs: a sweep-like tree ``sweep/mtsac/seed{3,4}`` (per-reset goals) and a fixed-goal run."""
+    """Finished tiny runs: a sweep-like tree ``sweep/mtsac/seed{3,4}`` (per-reset goals) and a fixed-goal run, which
+    also saves its replay (``checkpoints/replay-30.pt`` beside ``last.pt``)."""
     from rl_mtl.train import main as train_main
 
     root = tmp_path_factory.mktemp("trained")
@@ -178,6 +214,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for name, run in runs.items():
         seed = OTHER_TRAIN_SEED if name == "per_reset_other" else TRAIN_SEED
         extra = GOAL_CONFIGS["fixed" if name == "fixed" else "per_reset"]
+        extra = [*extra, "--set", "save_replay=true"] if name == "fixed" else extra
         assert train_main([*TRAIN_ARGS, "--seed", str(seed), "--logdir", str(run), *extra]) == 0
     return runs
 
@@ -324,6 +361,57 @@ def test_cli_reproduces_final_training_evaluation(source: str, trained: dict[str
     assert build_spy.seeds == [TRAIN_SEED]
     assert written["success"] == logged_final(run)
     assert written["return"] == in_training_evaluation(run).mean_return
+
+
+def cli_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """The one stderr line of ``python -m rl_mtl.evaluate argv``, which must exit 2."""
+    from rl_mtl.evaluate import main
+
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    return err
+
+
+def test_cli_checks_out_before_evaluating(trained: dict[str, Path], tmp_path: Path, build_spy: BuildSpy,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """An --out in a missing folder fails before anything is built or evaluated (it used to fail after)."""
+    out = tmp_path / "missing" / "x.json"
+    err = cli_error(["--run", str(trained["fixed"]), "--out", str(out), "--episodes", "1"], capsys)
+    assert err.endswith(f"error: --out: cannot write {out}: folder {out.parent} does not exist")
+    assert build_spy.calls == []
+
+
+def test_cli_rejects_files_that_are_not_training_checkpoints(trained: dict[str, Path], tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """The replay file beside ``last.pt`` (an easy wrong pick; it used to raise KeyError: 'config'), any other
+    rl_mtl file without a checkpoint's keys and a foreign torch file: one line naming the file, exit 2."""
+    import torch
+
+    from rl_mtl import checkpoint
+
+    ckpt_dir = trained["fixed"] / "checkpoints"
+    replay = ckpt_dir / "replay-30.pt"
+    assert replay.is_file()  # the trainer wrote it (save_replay), step 30
+    err = cli_error(["--checkpoint", str(replay)], capsys)
+    assert err.endswith(f"error: --checkpoint: checkpoint file {replay} is not a training checkpoint (it holds a "
+                        f"run's replay data); this run's is {ckpt_dir / 'last.pt'}")
+    partial = tmp_path / "partial.pt"
+    checkpoint.save_atomic({"format_version": checkpoint.FORMAT_VERSION, "step": 3}, partial)
+    err = cli_error(["--checkpoint", str(partial)], capsys)
+    assert err.endswith(f"--checkpoint: checkpoint file {partial} is not a training checkpoint (it has no config, "
+                        "agent); a run's is <run>/checkpoints/last.pt")
+    bad_config = tmp_path / "bad_config.pt"
+    checkpoint.save_atomic({"format_version": checkpoint.FORMAT_VERSION, "step": 3, "config": [], "agent": {}},
+                           bad_config)
+    assert "is not a training checkpoint (it has no config mapping)" in cli_error(
+        ["--checkpoint", str(bad_config)], capsys)
+    foreign = tmp_path / "weights.pt"
+    torch.save({"weight": torch.zeros(2)}, foreign)
+    assert f"--checkpoint: checkpoint file {foreign} is not an rl_mtl checkpoint" in cli_error(
+        ["--checkpoint", str(foreign)], capsys)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -10,6 +11,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+
+from rl_mtl import cli
+from rl_mtl.cli import install_hint
+from install_helpers import expected_hint, extras, setup_cfg_requirements
 
 ROOT = Path(__file__).resolve().parents[1]
 #: what a wheel is built from (everything else in the checkout is not part of the package)
@@ -83,6 +89,38 @@ def test_installed_wheel_works_outside_the_checkout(installed: tuple[Path, Path]
     help_ = _run(target, tmp_path, sys.executable, str(script), "--help")
     assert help_.returncode == 0, help_.stderr
     assert "--config" in help_.stdout and "mt10_cpu" in help_.stdout
+
+
+def test_installed_wheel_hints_name_the_requirements(installed: tuple[Path, Path], tmp_path: Path) -> None:
+    """Installed from the wheel, the install hint of every extra is ``pip install`` of setup.cfg's requirements for
+    it, with no ``pip install -e`` (there is no checkout to point at)."""
+    _, target = installed
+    code = "import sys\nfrom rl_mtl.cli import install_hint\nfor x in sys.argv[1:]: print(install_hint(x))\n"
+    result = _run(target, tmp_path, sys.executable, "-c", code, *extras())
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [expected_hint(x, checkout=None) for x in extras()]
+
+
+@pytest.mark.parametrize("extra", extras())
+def test_install_hint_in_the_checkout(extra: str) -> None:
+    """From this (editable) checkout: setup.cfg's requirements of the extra, whatever their spelling there, then
+    ``pip install -e`` of the checkout itself with the extra."""
+    hint = install_hint(extra)
+    assert hint == expected_hint(extra), "stale metadata? pip install -e . again after editing setup.cfg"
+    requirements, editable = hint.split(" or ")
+    pip, install, *names = shlex.split(requirements)
+    assert (pip, install) == ("pip", "install") and [Requirement(n) for n in names] == setup_cfg_requirements(extra)
+    assert shlex.split(editable) == ["pip", "install", "-e", f"{ROOT}[{extra}]"]
+
+
+def test_extra_requirements_read_the_markers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An extra's requirements are the entries whose marker holds for that extra and fails without it: not a core
+    dependency with a platform marker, not another extra's, not one for another platform."""
+    entries = ['numpy>=1.24', 'tomli; python_version >= "3.0"', 'a>=1; extra == "x"', 'b; extra == "y"',
+               'c[d]<2,>=1; extra == "x" and python_version >= "3.0"', 'e; extra == "x" and sys_platform == "none"']
+    monkeypatch.setattr(cli.importlib.metadata, "requires", lambda name: entries if name == "rl_mtl" else None)
+    assert cli.extra_requirements("x") == ["a>=1", "c[d]<2,>=1"]
+    assert cli.extra_requirements("z") == []
 
 
 def test_config_path_errors_name_the_file(tmp_path: Path) -> None:

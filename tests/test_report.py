@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from install_helpers import expected_hint  # tests/install_helpers.py
 from rl_mtl import runs, stats
 from rl_mtl.config import build_config, save_config
 from rl_mtl.report import config_outliers, main
@@ -178,11 +179,48 @@ def test_report_single_seed_and_plots(tmp_path: Path) -> None:
     assert (tmp_path / "out" / "diagnostics.png").stat().st_size > 0
 
 
+def test_report_single_run_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """DIR may be one run directory (it used to raise ValueError in _label): the run is reported under its method
+    from its config, not under its folder's name."""
+    run = make_run(tmp_path / "sweep", "imgrad", 3, [0.25, 0.75])
+    assert main([str(run), "--no-plots", "--out", str(tmp_path / "out")]) == 0
+    result = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert list(result["methods"]) == ["imgrad"] and result["excluded"] == []
+    imgrad = result["methods"]["imgrad"]
+    assert imgrad["seeds"] == [3] and imgrad["final"]["mean"] == 0.5
+    assert imgrad["per_seed"]["3"]["run"] == str(run.resolve())
+    assert "imgrad: final success 0.500" in capsys.readouterr().out
+
+
+def test_report_plots_draw_single_points(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tiny sweep whose runs logged one evaluation and one diagnostic each: every plotted curve of one point is a
+    visible marker (a one-point line without a marker draws nothing), checked on the matplotlib artists."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    root = tmp_path / "sweep"
+    for seed in range(2):
+        path = make_run(root, "mtsac", seed, [0.5, 0.5])
+        _patch_summary(path, history=[{"step": 40, "reach-v3": 0.5, "push-v3": 0.5, "mean": 0.5}])
+        (path / "metrics.csv").write_text("step,key,value\n10,combiner/critic/cos_theta,0.5\n")
+    saved: dict[str, Figure] = {}
+    original = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, name, **kw: (saved.__setitem__(Path(name).name, fig),
+                                                                    original(fig, name, **kw)))
+    assert main([str(root), "--resamples", "200"]) == 0
+    for name, step in (("diagnostics.png", 10), ("curves.png", 40)):
+        lines = [line for ax in saved[name].axes for line in ax.get_lines()]
+        assert lines, name
+        for line in lines:
+            assert list(line.get_xdata()) == [step]
+            assert line.get_marker() not in (None, "None", "", " "), f"{name}: a one-point line with no marker"
+
+
 def test_report_without_matplotlib(sweep: Path, monkeypatch: pytest.MonkeyPatch,
                                    capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
     assert main([str(sweep)]) == 0
-    assert "matplotlib is not installed: no plots" in capsys.readouterr().out
+    assert f"matplotlib is not installed: no plots ({expected_hint('plots')})" in capsys.readouterr().out
     assert not (sweep / "curves.png").exists() and (sweep / "results.md").is_file()
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from install_helpers import expected_hint  # tests/install_helpers.py
 from rl_mtl import runs, stats
 from rl_mtl.config import TrainConfig, build_config, save_config
 from rl_mtl.report import main
@@ -343,7 +344,8 @@ def test_report_stats_rliable_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         with pytest.raises(SystemExit) as info:
             main([str(root), "--no-plots", "--stats", "rliable"])
     assert info.value.code == 2
-    assert "--stats: rliable cannot be imported" in capsys.readouterr().err
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "--stats: rliable cannot be imported" in line and line.endswith(f"; {expected_hint('report')}")
     _rliable_or_skip()
     assert main([str(root), "--no-plots", "--resamples", "1000"]) == 0
     ours = json.loads((root / "results.json").read_text())["methods"]["imgrad"]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from install_helpers import expected_hint  # tests/install_helpers.py
 from rl_mtl import evaluate, grid, report, runs, sweep
 from rl_mtl.config import TrainConfig, build_config, save_config
 
@@ -187,6 +188,20 @@ def test_ray_sweep_on_a_local_instance(tmp_path: Path, capsys: pytest.CaptureFix
     # the same runs as the local backend's: a local re-run finds them finished
     assert sweep.main([*TINY, "--out", str(out), "--steps", "30"]) == 0
     assert "4 finished (skipped)" in capsys.readouterr().out
+
+
+def test_ray_backend_without_ray_names_the_install_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """``--backend ray`` without Ray (``None`` in ``sys.modules`` blocks its import): one line with setup.cfg's ray
+    requirement (or the checkout's ``pip install -e``), exit 2, and no run started."""
+    monkeypatch.setitem(sys.modules, "ray", None)
+    out = tmp_path / "sweep"
+    with pytest.raises(SystemExit) as info:
+        sweep.main([*TINY, "--out", str(out), "--steps", "30", "--backend", "ray"])
+    assert info.value.code == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line == f"python -m rl_mtl.sweep: error: --backend ray: ray is not installed; {expected_hint('ray')}"
+    assert not list(out.rglob("summary.json"))
 
 
 def test_layout_constants_match_the_trainer() -> None:

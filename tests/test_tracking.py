@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 import yaml
 
-from rl_mtl.tracking import INSTALL, STATE_FILE
+from install_helpers import expected_hint  # tests/install_helpers.py
+from rl_mtl.tracking import STATE_FILE
 from rl_mtl.train import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -188,6 +189,7 @@ def test_resume_in_another_project_is_refused(tmp_path: Path, fake_wandb: list[F
                                               capsys: pytest.CaptureFixture[str]) -> None:
     run_dir = tmp_path / "run"
     assert main([*TINY, "--steps", "10", "--logdir", str(run_dir)]) == 0
+    capsys.readouterr()  # (its warning that the 10-step warm-up is the whole run)
     (run_dir / STATE_FILE).write_text(json.dumps({"id": "abc", "project": "P", "entity": None, "group": None,
                                                   "last_step": 10}))
     with pytest.raises(SystemExit) as info:  # checked before anything is built or loaded
@@ -202,10 +204,19 @@ def test_resume_in_another_project_is_refused(tmp_path: Path, fake_wandb: list[F
     assert not fake_wandb
 
 
+def test_help_names_the_install_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--help`` titles the W&B flags with the same install line as the ``--track`` error."""
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    assert f"Weights & Biases (optional: {expected_hint('wandb')}):" in capsys.readouterr().out.splitlines()
+
+
 @pytest.mark.parametrize("wandb_module", [None, "fake"])
 def test_flag_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                   capsys: pytest.CaptureFixture[str], wandb_module: str | None) -> None:
-    """Without wandb installed, ``--track`` names the install line; ``--wandb-*`` without ``--track`` is refused."""
+    """Without wandb installed, ``--track`` names the install line (setup.cfg's wandb requirement, or the checkout's
+    ``pip install -e``); ``--wandb-*`` without ``--track`` is refused."""
     monkeypatch.setitem(sys.modules, "wandb", None if wandb_module is None else fake_wandb_module())
     args = [*TINY, "--steps", "10", "--logdir", str(tmp_path / "run")]
     with pytest.raises(SystemExit) as info:
@@ -213,7 +224,7 @@ def test_flag_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     [line] = capsys.readouterr().err.strip().splitlines()
     assert info.value.code == 2 and "Traceback" not in line
     if wandb_module is None:
-        assert "--track" in line and INSTALL in line
+        assert "--track" in line and line.endswith(f"needs the wandb package: {expected_hint('wandb')}")
     else:
         assert "--wandb-group" in line and "--track" in line
     assert not (tmp_path / "run").exists()

@@ -51,6 +51,9 @@ def test_mt10_cli_run_writes_tensorboard_tags(tmp_path: Path) -> None:
                 "perf/env_steps_per_s", "perf/updates_per_s", "perf/loop_steps_per_s"):
         assert tag in tags, tag
     assert [s for s, _ in tags["eval/success/mean"]] == [40, 50]
+    # the warm-up interval made no update: it has no per-update time (it showed the loop's overhead / 1)
+    assert tags["perf/updates_per_s"][0] == (10, 0.0)
+    assert [s for s, _ in tags["perf/update_ms"]] == [20, 30, 40, 50]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["final_step"] == 50 and set(summary["final"]) == set(tasks) | {"mean"}
     assert "max_over_training" in summary

@@ -106,6 +106,39 @@ def test_resume_with_more_steps_and_edited_interval(run: Path) -> None:
     assert "eval_every: 5" in (run / "config.yaml").read_text()
 
 
+def test_resume_to_fewer_steps_than_trained_is_refused(run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--steps below the checkpoint's step would "finish" at once with a config.yaml recording fewer steps than the
+    run was trained for (the report then calls it unfinished): refused, config.yaml untouched."""
+    before = (run / "config.yaml").read_text()
+    with pytest.raises(SystemExit) as info:
+        main(["--logdir", str(run), "--resume", "--steps", "8", "--no-progress"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"python -m rl_mtl.train: error: --steps: steps=8 is below step 12, which the checkpoint in {run} "
+                   "was trained to; pass --steps 12 or more, or start a new run"]
+    assert (run / "config.yaml").read_text() == before
+    edit_config(run, set_line("steps", "8"))  # the same through an edited config.yaml: named as the run's
+    assert "--resume: steps=8 is below step 12" in resume_error_without_steps(run, capsys)
+
+
+def resume_error_without_steps(run: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> str:
+    """Resume ``run`` with no --steps; the one stderr line of its refusal."""
+    with pytest.raises(SystemExit) as info:
+        main(["--logdir", str(run), "--resume", "--no-progress", *extra])
+    assert info.value.code == 2
+    [err] = capsys.readouterr().err.strip().splitlines()
+    return err
+
+
+def test_config_flag_on_resume_must_match_the_run(run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A resumed run keeps its config: --config naming another preset is refused (it used to be ignored without a
+    word); the run's own preset is accepted."""
+    err = resume_error(run, capsys, "--config", "mt10")
+    assert err == (f"python -m rl_mtl.train: error: --config: {run} was started with --config mt10_cpu, not mt10; "
+                   "a resumed run keeps its own config: drop --config")
+    assert main(["--logdir", str(run), "--resume", "--steps", "12", "--no-progress", "--config", "mt10_cpu"]) == 0
+
+
 def test_checkpoint_error_from_the_trainer_is_one_line(run: Path, monkeypatch: pytest.MonkeyPatch,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     import rl_mtl.trainer

@@ -23,7 +23,7 @@ _REGISTRY: dict[str, str] = {
     "imgrad_nash": "imgrad_nash:IMGradNash",
     "famo": "famo:FAMO",
     "aligned_mtl": "aligned_mtl:AlignedMTL",
-    # TorchJD's Gram-based weightings (optional extra: pip install -e '.[torchjd]'), one adapter file
+    # TorchJD's Gram-based weightings (the optional torchjd extra), one adapter file
     "upgrad": "torchjd_adapter:UPGrad",
     "dualproj": "torchjd_adapter:DualProj",
     "imtl_g": "torchjd_adapter:IMTLG",

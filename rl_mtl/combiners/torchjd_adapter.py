@@ -2,8 +2,8 @@
 
 TorchJD (Quinton & Rey, "Jacobian Descent for Multi-Objective Optimization", 2024) computes many multi-task
 weightings behind our seam — a K×K Gram in, K weights out — so each is bridged here instead of re-implemented.
-It is an optional extra (``pip install -e '.[torchjd]'``); TorchJD is imported only when a method is built, so
-``--help`` and the registry work without it and ``--method upgrad`` then stops with the install line.
+It is the optional ``torchjd`` extra; TorchJD is imported only when a method is built, so ``--help`` and the
+registry work without it and ``--method upgrad`` then stops with the install line (:data:`INSTALL`).
 
 | method | TorchJD class | rescale of TorchJD's weights | state (checkpointed) |
 |---|---|---|---|
@@ -48,9 +48,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from rl_mtl.cli import install_hint
 from rl_mtl.combiners.base import Combiner
 
-INSTALL = "pip install -e '.[torchjd]'"
+#: what a user without TorchJD is told to run
+INSTALL = install_hint("torchjd")
 #: a solver error of one call (quadprog's infeasible or non-PD QP, a singular solve): that call falls back to the mean
 _SOLVER_ERRORS = (ValueError, ArithmeticError, np.linalg.LinAlgError, torch.linalg.LinAlgError)
 

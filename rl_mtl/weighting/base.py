@@ -371,8 +371,9 @@ class Weighting(abc.ABC):
         interval = state.get("interval")
         if interval is not None:
             self._int_scalars = {k: list(v) for k, v in interval["scalars"].items()}
-            self._int_vectors = {k: [v[0].clone(), v[1]] for k, v in interval["vectors"].items()}
-            self._int_lam_sum = interval["lam_sum"]
+            # CPU float64 like the live sums (torch.load's map_location may have moved them to the learner's device)
+            self._int_vectors = {k: [v[0].clone().cpu(), v[1]] for k, v in interval["vectors"].items()}
+            self._int_lam_sum = None if interval["lam_sum"] is None else interval["lam_sum"].cpu()
             self._int_lam_n, self._int_entropy = int(interval["lam_n"]), float(interval["entropy"])
             self._int_min, self._int_max = float(interval["min"]), float(interval["max"])
             self._mark = int(interval["mark"])

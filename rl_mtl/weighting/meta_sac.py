@@ -124,7 +124,7 @@ class MetaSAC:
         self.sac.load_full_state_dict(state["sac"])
         self.replay.load_state_dict(state["replay"])
         self.rng.bit_generator.state = state["rng"]
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(state["generator"].cpu())  # torch.load(map_location="cuda") moved it
         self.steps = int(state["steps"])
         self.updates_done = int(state.get("updates_done", 0))
         self.last_std = float(state.get("last_std", float("nan")))
