@@ -3,10 +3,16 @@
 Measured in one process on random replay data of MT10's shapes (obs 49, action 4, K = 10), so the figures are the
 learner's cost alone. For every preset and method an eager and a compiled agent (built identically, each with the
 method's combined steps, as the trainer builds them) are timed in interleaved rounds, so that a change in the
-machine's load hits both alike; the compiled agent's first updates (its compilation) are not timed, their seconds
-are printed as ``compile_s``. Prints a table, ``compile_vs_eager_<preset>_<method>=`` (compiled / eager median
-time) for each pair, the eager ``ratio_default_vs_cpu`` and ``update_ms_default``, and last
-``compile_vs_eager=<x>``: the ratio for IMGrad on mt10_cpu (or the last pair measured).
+machine's load hits both alike; the compiled agent's first updates (its compilation) are not timed. Right after
+each pair (so that a run cut short keeps the pairs done) it prints the pair's table row and its ``key=value`` lines:
+``update_ms_<preset>_<method>_eager=`` and ``_compiled=``, ``compile_vs_eager_<preset>_<method>=`` (compiled /
+eager median time), ``compile_s_`` (dynamo's compile seconds), ``first_updates_s_`` (the wall time of the untimed
+first compiled updates: also Triton autotuning, CUDA-graph recording and numba, which compile_s leaves out),
+``cudagraph_skips_`` (inductor's count of compiled graphs not captured as CUDA graphs during the pair; 0 on the CPU)
+and ``fxgraph_cache_hits_`` (graphs inductor took from its on-disk cache). A pair that raises prints its traceback
+and ``pair_failed_<preset>_<method>=1``, the others still run, the exit status is then 1. Last come the eager
+``ratio_default_vs_cpu`` and ``update_ms_default`` and ``compile_vs_eager=<x>``: the ratio for IMGrad on mt10_cpu
+(or the last pair measured).
 
     python scripts/bench_update.py [--device cpu|cuda] [--presets mt10,mt10_cpu] [--methods mtsac,imgrad]
         [--repeats 20] [--budget 60] [--threads 1] [--no-compile] [--hidden 32,32 --batch 40]
@@ -16,10 +22,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+import traceback
 
 import numpy as np
 import torch
+from torch._dynamo.utils import counters
 
 from benchutil import ACTION_DIM, K, OBS_DIM, parse_device_args, update_times
 from rl_mtl.agents.mtsac import MTSAC
@@ -60,7 +69,9 @@ def bench_pair(cfg: TrainConfig, method: str, device: torch.device, replay: Mult
                budget_s: float, with_compile: bool) -> dict[str, float]:
     """Median ms of the eager (and compiled) update of one preset and method, in interleaved rounds of at most
     ``repeats``, fewer (3 at least) once ``budget_s`` seconds are spent; ``compile_s``: the compiled agent's
-    compilation (its first updates)."""
+    compilation (its first updates), ``first_updates_s`` their wall time; ``cudagraph_skips`` and
+    ``fxgraph_cache_hits``: inductor's counts over the pair."""
+    skips, hits = inductor_count("cudagraph_skips"), inductor_count("fxgraph_cache_hit")
     agents = {"eager": learner(cfg, method, device, False)}
     out: dict[str, float] = {}
     if with_compile:
@@ -85,7 +96,26 @@ def bench_pair(cfg: TrainConfig, method: str, device: torch.device, replay: Mult
     out["rounds"] = len(times["eager"])
     if with_compile:
         out["ratio"] = out["compiled"] / out["eager"]
+    out["cudagraph_skips"] = inductor_count("cudagraph_skips") - skips
+    out["fxgraph_cache_hits"] = inductor_count("fxgraph_cache_hit") - hits
     return out
+
+
+def inductor_count(name: str) -> int:
+    """torch._dynamo's running count ``counters["inductor"][name]`` (0 until inductor bumps it)."""
+    return int(counters["inductor"][name])
+
+
+def pair_lines(preset: str, method: str, r: dict[str, float]) -> list[str]:
+    """The ``key=value`` lines of one measured pair."""
+    tag = f"{preset}_{method}"
+    lines = [f"update_ms_{tag}_eager={r['eager']:.2f}"]
+    if "ratio" in r:
+        lines += [f"update_ms_{tag}_compiled={r['compiled']:.2f}", f"compile_s_{tag}={r['compile_s']:.1f}",
+                  f"first_updates_s_{tag}={r['first_updates_s']:.1f}", f"compile_vs_eager_{tag}={r['ratio']:.2f}",
+                  f"cudagraph_skips_{tag}={int(r['cudagraph_skips'])}",
+                  f"fxgraph_cache_hits_{tag}={int(r['fxgraph_cache_hits'])}"]
+    return lines
 
 
 def main() -> None:
@@ -108,28 +138,34 @@ def main() -> None:
     print(f"{'preset':<10} {'method':<8} {'hidden':<16} {'batch':>6} {'eager_ms':>9} {'compiled_ms':>12} "
           f"{'ratio':>6} {'compile_s':>10} {'rounds':>6}")
     results: dict[tuple[str, str], dict[str, float]] = {}
+    failed: list[str] = []
     replay = random_replay(device, 2_000)
     for preset in presets:
         cfg = build_config(preset, overrides)
         for method in methods:
-            r = results[preset, method] = bench_pair(cfg, method, device, replay, args.repeats, args.budget,
-                                                     not args.no_compile)
+            try:
+                r = bench_pair(cfg, method, device, replay, args.repeats, args.budget, not args.no_compile)
+            except Exception:  # noqa: BLE001 -- one failing pair must not lose the others' figures
+                traceback.print_exc()
+                print(f"pair_failed_{preset}_{method}=1", flush=True)
+                failed.append(f"{preset}_{method}")
+                continue
+            results[preset, method] = r
             compiled = (f"{r['compiled']:>12.2f} {r['ratio']:>6.2f} {r['compile_s']:>10.1f}" if "ratio" in r
                         else f"{'-':>12} {'-':>6} {'-':>10}")
             print(f"{preset:<10} {method:<8} {str(cfg.hidden_sizes):<16} {cfg.batch_size:>6} {r['eager']:>9.2f} "
-                  f"{compiled} {int(r['rounds']):>6}", flush=True)
-    for (preset, method), r in results.items():
-        print(f"update_ms_{preset}_{method}_eager={r['eager']:.2f}")
-        if "ratio" in r:
-            print(f"update_ms_{preset}_{method}_compiled={r['compiled']:.2f}")
-            print(f"compile_s_{preset}_{method}={r['compile_s']:.1f}")
-            print(f"compile_vs_eager_{preset}_{method}={r['ratio']:.2f}")
+                  f"{compiled} {int(r['rounds']):>6}")
+            print("\n".join(pair_lines(preset, method, r)), flush=True)
     if ("mt10", "mtsac") in results and ("mt10_cpu", "mtsac") in results:
         print(f"ratio_default_vs_cpu={results['mt10', 'mtsac']['eager'] / results['mt10_cpu', 'mtsac']['eager']:.2f}")
         print(f"update_ms_default={results['mt10', 'mtsac']['eager']:.2f}")
-    if not args.no_compile:
-        headline = results.get(("mt10_cpu", "imgrad"), results[next(reversed(results))])
-        print(f"compile_vs_eager={headline['ratio']:.2f}")
+    measured = [r for r in results.values() if "ratio" in r]
+    if measured:
+        headline = results.get(("mt10_cpu", "imgrad"), measured[-1])
+        print(f"compile_vs_eager={headline['ratio']:.2f}", flush=True)
+    if failed:
+        print(f"bench_update: failed pairs: {' '.join(failed)}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
