@@ -36,6 +36,7 @@ from rl_mtl.compiled import compile_update
 from rl_mtl.config import build_config
 from rl_mtl.routing import build_steps
 from rl_mtl.transfer import StepTransfer
+from trainer_helpers import stop_at  # tests/trainer_helpers.py
 
 ROOT = Path(__file__).resolve().parent.parent
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA on this machine")
@@ -215,8 +216,6 @@ def test_cuda_resume_mid_interval_with_a_weighting(tmp_path: Path) -> None:
     """Interrupted mid log interval (SIGTERM at step 15 of a 10-step interval), an IMGrad + IGBv2 run on CUDA resumes:
     the checkpoint's RNG states (CPU tensors that ``map_location`` moves to the GPU) and the interval's pending
     diagnostics and weighting sums (some on the CPU, some on the GPU) are restored where they belong."""
-    import signal
-
     from rl_mtl.trainer import Trainer
 
     run = tmp_path / "run"
@@ -226,14 +225,7 @@ def test_cuda_resume_mid_interval_with_a_weighting(tmp_path: Path) -> None:
                                     "checkpoint_every": 0, "diag_every": 1, "save_replay": True,
                                     "weighting_opts": {"hold": 2, "warmup": 1, "learn_after": 1}})
     trainer = Trainer(cfg, run, resume=False, progress=False)
-    progress = trainer.logger.progress
-
-    def stop_at_15(step: int, **postfix: object) -> None:
-        progress(step, **postfix)
-        if step == 15:
-            trainer._stop_signal = signal.SIGTERM  # what the SIGTERM handler sets
-
-    trainer.logger.progress = stop_at_15  # type: ignore[method-assign]
+    stop_at(trainer, 15)
     assert trainer.run()["interrupted"]
     resumed = Trainer(cfg, run, resume=True, progress=False).run()
     assert resumed["mean"] >= 0.0

@@ -22,6 +22,7 @@ from rl_mtl import checkpoint
 from rl_mtl.config import build_config
 from rl_mtl.train import main
 from rl_mtl.trainer import Trainer
+from trainer_helpers import stop_at as interrupt_at  # tests/trainer_helpers.py
 
 ROOT = Path(__file__).resolve().parent.parent
 #: a small MT10 run: 15-step episodes, evaluations at 20 and 40, checkpoints every 20 loop steps
@@ -41,14 +42,7 @@ def _train(run_dir: Path, stop_at: int | None = None, resume: bool = False, **ex
     """Train (or resume) ``run_dir``; with ``stop_at``, a SIGTERM arrives during loop step ``stop_at``."""
     trainer = Trainer(_cfg(**extra), run_dir, resume=resume, progress=False)
     if stop_at is not None:
-        progress = trainer.logger.progress
-
-        def stop_at_step(step: int, **postfix: Any) -> None:
-            progress(step, **postfix)
-            if step == stop_at:
-                trainer._stop_signal = signal.SIGTERM  # what the SIGTERM handler sets
-
-        trainer.logger.progress = stop_at_step  # type: ignore[method-assign]
+        interrupt_at(trainer, stop_at)
     return trainer.run()
 
 
@@ -126,7 +120,7 @@ def test_kill_9_after_an_evaluation_resumes_without_duplicates(straight: Path, t
     run = tmp_path / "run"
     script = (
         "import os, signal, sys\n"
-        "sys.path.insert(0, sys.argv[2])\n"
+        "sys.path[:0] = [sys.argv[2], os.path.join(sys.argv[2], 'tests')]  # the test helpers too\n"
         "import tests.test_resume_exact as t\n"
         "from rl_mtl.trainer import Trainer\n"
         "tr = Trainer(t._cfg(), sys.argv[1], progress=False)\n"

@@ -9,7 +9,6 @@ import csv
 import io
 import json
 import re
-import signal
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -19,6 +18,7 @@ import pytest
 import torch
 
 from install_helpers import expected_hint
+from trainer_helpers import stop_at
 from rl_mtl import combiners
 from rl_mtl.config import ConfigError, build_config, parse_set
 from rl_mtl.train import main
@@ -338,14 +338,7 @@ def test_resume_keeps_the_torchjd_state(mt10: Any, tmp_path: Path) -> None:
     env.set_state(fresh)
     resumed = tmp_path / "resumed"
     first = Trainer(cfg, resumed, progress=False, env=env)
-    progress = first.logger.progress
-
-    def stop_at_13(step: int, **postfix: Any) -> None:
-        progress(step, **postfix)
-        if step == 13:
-            first._stop_signal = signal.SIGTERM  # what the SIGTERM handler sets
-
-    first.logger.progress = stop_at_13  # type: ignore[method-assign]
+    stop_at(first, 13)
     assert first.run() == {"interrupted": True, "step": 13}
     saved = torch.load(resumed / "checkpoints" / "last.pt", weights_only=False)["combined"]["critic"]["combiner"]
     assert saved["num_tasks"] == K and saved["torchjd"]["_lambda"].abs().sum() > 0
