@@ -29,6 +29,13 @@ def error(prog: str, message: str) -> None:
     print(f"{prog}: error: {one_line(message)}", file=sys.stderr)
 
 
+def program_name(module: str) -> str:
+    """How the user started entry point ``module``, for its usage and error lines: ``rl-mtl-train`` when run by that
+    console script (setup.cfg's ``rl-mtl-<name>``), ``python -m rl_mtl.train`` otherwise."""
+    script = "rl-mtl-" + module.rsplit(".", 1)[-1]
+    return script if Path(sys.argv[0]).name == script else f"python -m {module}"
+
+
 def one_line(message: object) -> str:
     """``message`` with its lines joined by single spaces (an exception text from deeper code may span several)."""
     return " ".join(str(message).split())

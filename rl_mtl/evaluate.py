@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from rl_mtl.envs.metaworld import MultiTaskEnv, MultiTaskVectorEnv, make_env
+from rl_mtl.cli import program_name
 
 #: a batched policy: (N, obs_dim) observations, one row per task → (N, action_dim) actions
 Policy = Callable[[np.ndarray], np.ndarray]
@@ -160,7 +161,7 @@ def _with_mean(names: list[str], values: np.ndarray) -> dict[str, float]:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Command line: `python -m rl_mtl.evaluate --run DIR | --checkpoint FILE | --sweep DIR [--episodes 50] [--seeds N]`
-PROG = "python -m rl_mtl.evaluate"
+PROG = program_name("rl_mtl.evaluate")  # rl-mtl-evaluate when run by that console script
 DEFAULT_EPISODES = 10
 #: Meta-World's official evaluation: 50 episodes per task (goal variations), success = reached at any step
 OFFICIAL_EPISODES = 50

@@ -30,11 +30,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from rl_mtl import runs, stats
-from rl_mtl.cli import Parser, fail, install_hint
+from rl_mtl.cli import Parser, fail, install_hint, program_name
 from rl_mtl.config import ConfigError, TrainConfig
 from rl_mtl.report_plots import AGGREGATE_TITLES, write_plots
 
-PROG = "python -m rl_mtl.report"
+PROG = program_name("rl_mtl.report")  # rl-mtl-report when run by that console script
 #: options that do not change what a run measures (hardware, logging, bookkeeping; the number of rollout workers
 #: changes which process steps an env, never a transition). ``rollout`` is not among them: with ``async`` the update
 #: made during step t samples a replay without transition t (one step stale), a different protocol from ``sync``

@@ -33,14 +33,14 @@ from typing import Any, Sequence
 
 from rl_mtl import runs
 from rl_mtl.backends import NEW, Outcome, RunSpec, run_local, run_ray
-from rl_mtl.cli import Parser, fail, install_hint
+from rl_mtl.cli import Parser, fail, install_hint, program_name
 from rl_mtl.config import (METHODS, ConfigError, TrainConfig, build_config, is_config_path, parse_set, presets,
                            resolve_preset)
 from rl_mtl.grid import (STL, SWEEP_KEYS, GridAxis, grid_applies, grid_points, label_overrides, parse_grid,
                          parse_methods, split_label, with_point)
 from rl_mtl.train import RESUMABLE
 
-PROG = "python -m rl_mtl.sweep"
+PROG = program_name("rl_mtl.sweep")  # rl-mtl-sweep when run by that console script
 RESUME, DONE, CONFLICT = "resume", "done", "conflict"
 #: resident memory of one run besides its replay buffer (torch, MuJoCo, K environments), measured ~0.75 GiB on MT10
 BASE_RUN_MEMORY = 1 << 30

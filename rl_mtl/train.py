@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from rl_mtl import checkpoint, runs, tracking
-from rl_mtl.cli import Parser, error, fail
+from rl_mtl.cli import Parser, error, fail, program_name
 from rl_mtl.config import (
     METHODS,
     WEIGHTING_METHODS,
@@ -31,7 +31,7 @@ from rl_mtl.config import (
     resolve_preset,
 )
 
-PROG = "python -m rl_mtl.train"
+PROG = program_name("rl_mtl.train")  # rl-mtl-train when run by that console script
 #: the preset of a run started without --config
 DEFAULT_PRESET = "mt10"
 #: options a resumed run may change; anything else must match the saved config

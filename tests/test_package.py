@@ -68,7 +68,7 @@ def test_wheel_has_one_namespace_the_presets_and_the_license(installed: tuple[Pa
 
 def test_installed_wheel_works_outside_the_checkout(installed: tuple[Path, Path], tmp_path: Path) -> None:
     """From a directory outside the checkout, the installed copy (not the checkout) resolves every preset and
-    ``--config`` takes a YAML path; the console script answers ``--help``."""
+    ``--config`` takes a YAML path; the console scripts answer ``--help`` and name themselves in their errors."""
     _, target = installed
     code = ("import rl_mtl, rl_mtl.agents.mtsac, rl_mtl.envs.metaworld, rl_mtl.config as c\n"
             "print(rl_mtl.__file__); print(rl_mtl.agents.mtsac.__file__); print(c.CONFIG_DIR)\n"
@@ -89,6 +89,12 @@ def test_installed_wheel_works_outside_the_checkout(installed: tuple[Path, Path]
     help_ = _run(target, tmp_path, sys.executable, str(script), "--help")
     assert help_.returncode == 0, help_.stderr
     assert "--config" in help_.stdout and "mt10_cpu" in help_.stdout
+    assert help_.stdout.startswith("usage: rl-mtl-train ")
+    for name in SCRIPTS:  # an error names the program as the user started it
+        bad = _run(target, tmp_path, sys.executable, str(target / "bin" / name), "--no-such-flag")
+        assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith(f"{name}: error: "), bad.stderr
+    typo = _run(target, tmp_path, sys.executable, str(script), "--method", "imgrd")
+    assert typo.returncode == 2 and typo.stderr.startswith("rl-mtl-train: error: --method: unknown method 'imgrd'")
 
 
 def test_installed_wheel_hints_name_the_requirements(installed: tuple[Path, Path], tmp_path: Path) -> None:
