@@ -16,7 +16,7 @@ SWEEP_KEYS = {"env": "--env", "method": "--methods", "seed": "--seeds/--first-se
 #: the label of single-task SAC: one ``mt1:<task>`` run of plain SAC per task of ``--env mt10``/``mt50``
 STL = "stl"
 #: options a grid may vary besides ``combiner.NAME`` and ``weighting.NAME``: those ``rl_mtl.report`` lets differ
-#: between labels (report.METHOD_FIELDS); a protocol option (``batch_size``, ``critic_lr``) varied inside one sweep
+#: between labels (report_runs.METHOD_FIELDS); a protocol option (``batch_size``, ``critic_lr``) varied inside one sweep
 #: would make the report leave the minority's runs out as "different config"
 GRID_FIELDS = ("combine", "weighted")
 

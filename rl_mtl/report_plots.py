@@ -12,7 +12,7 @@ from rl_mtl import stats
 from rl_mtl.cli import install_hint
 
 if TYPE_CHECKING:
-    from rl_mtl.report import Run
+    from rl_mtl.report_runs import Run
 
 #: ``results.json``'s names of the aggregates over runs × tasks, and how results.md titles them
 AGGREGATE_TITLES = {"iqm": "IQM", "mean": "mean", "median": "median", "optimality_gap": "optimality gap"}

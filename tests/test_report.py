@@ -14,7 +14,8 @@ import pytest
 from install_helpers import expected_hint  # tests/install_helpers.py
 from rl_mtl import runs, stats
 from rl_mtl.config import build_config, save_config
-from rl_mtl.report import config_outliers, main
+from rl_mtl.report import main
+from rl_mtl.report_runs import config_outliers
 
 TASKS = ["reach-v3", "push-v3"]
 
