@@ -19,8 +19,6 @@ import math
 import numpy as np
 from numba import njit
 
-from rl_mtl.combiners.dense import lu_solve_columns
-
 #: solve modes of :func:`solve`
 COLD, FROM_SUPPORT, WARM = 0, 1, 2
 
@@ -103,8 +101,8 @@ def _face_solve(
 ) -> bool:
     """Solve the bordered system of the face ``idx[:n]`` for both right-hand sides into ``x[:n]`` (unscaled).
 
-    LU with partial pivoting (:func:`dense.lu_solve_columns`); False if a pivot is zero, the pivots span more than
-    1e13 (numerically singular: the face's gradients are nearly affinely dependent) or the solution is not finite.
+    LU with partial pivoting (LAPACK dgesv's algorithm); False if a pivot is zero, the pivots span more than 1e13
+    (numerically singular: the face's gradients are nearly affinely dependent) or the solution is not finite.
     """
     a = np.empty((n, n))
     for r in range(n):
@@ -112,10 +110,45 @@ def _face_solve(
             a[r, c] = bordered[idx[r], idx[c]]
         x[r, 0] = rhs[idx[r], 0]
         x[r, 1] = rhs[idx[r], 1]
-    if not lu_solve_columns(a, x, n, 1e-13):
+    low = math.inf
+    high = 0.0
+    for col in range(n):
+        p = col
+        best = abs(a[col, col])
+        for r in range(col + 1, n):
+            v = abs(a[r, col])
+            if v > best:
+                best = v
+                p = r
+        if not best > 0.0:
+            return False
+        if p != col:
+            for c in range(n):
+                a[p, c], a[col, c] = a[col, c], a[p, c]
+            x[p, 0], x[col, 0] = x[col, 0], x[p, 0]
+            x[p, 1], x[col, 1] = x[col, 1], x[p, 1]
+        low = min(low, best)
+        high = max(high, best)
+        inv = 1.0 / a[col, col]
+        for r in range(col + 1, n):
+            f = a[r, col] * inv
+            if f != 0.0:
+                for c in range(col + 1, n):
+                    a[r, c] -= f * a[col, c]
+                x[r, 0] -= f * x[col, 0]
+                x[r, 1] -= f * x[col, 1]
+    if not low > 1e-13 * high:
         return False
+    for col in range(n - 1, -1, -1):
+        for j in range(2):
+            acc = x[col, j]
+            for c in range(col + 1, n):
+                acc -= a[col, c] * x[c, j]
+            x[col, j] = acc / a[col, col]
     for r in range(n):
         for j in range(2):
+            if not math.isfinite(x[r, j]):
+                return False
             x[r, j] *= scaling[idx[r]]
     return True
 

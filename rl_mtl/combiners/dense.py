@@ -1,6 +1,5 @@
 """Compiled dense linear algebra for the K×K systems of the bargaining solvers (:mod:`bargaining`,
-:mod:`concave_convex`) and the simplex solver's face systems (:mod:`active_set`): Cholesky, ridged Cholesky, LU with
-partial pivoting, matrix-vector product.
+:mod:`concave_convex`): Cholesky, ridged Cholesky, LU with partial pivoting, matrix-vector product.
 
 At K ≤ 50 these are a few thousand flops; written as numba loops (``cache=True``) they cost less than one call into
 numpy or LAPACK from the compiled solvers would.
@@ -74,11 +73,9 @@ def ridged_solve(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 @njit(cache=True)
-def lu_solve_columns(a: np.ndarray, x: np.ndarray, n: int, rel_tol: float) -> bool:
-    """Solve ``a[:n, :n] Z = x[:n]`` for every column of x (n', m) in place (x ← Z; a destroyed), LU with partial
-    pivoting (LAPACK dgesv's algorithm); False if a pivot is zero, the pivots span more than ``1 / rel_tol``
-    (numerically singular) or Z is not finite (x is then garbage)."""
-    m = x.shape[1]
+def lu_solve(a: np.ndarray, x: np.ndarray, n: int) -> bool:
+    """Solve ``a[:n, :n] z = x[:n]`` in place (x ← z; a destroyed), LU with partial pivoting; False if a pivot is
+    below 1e-14 of the largest (numerically singular) or z is not finite."""
     high = 0.0
     low = math.inf
     for col in range(n):
@@ -93,8 +90,7 @@ def lu_solve_columns(a: np.ndarray, x: np.ndarray, n: int, rel_tol: float) -> bo
         if p != col:
             for c in range(n):
                 a[p, c], a[col, c] = a[col, c], a[p, c]
-            for j in range(m):
-                x[p, j], x[col, j] = x[col, j], x[p, j]
+            x[p], x[col] = x[col], x[p]
         high = max(high, best)
         low = min(low, best)
         inv = 1.0 / a[col, col]
@@ -103,26 +99,17 @@ def lu_solve_columns(a: np.ndarray, x: np.ndarray, n: int, rel_tol: float) -> bo
             if f != 0.0:
                 for c in range(col + 1, n):
                     a[r, c] -= f * a[col, c]
-                for j in range(m):
-                    x[r, j] -= f * x[col, j]
-    if not low > rel_tol * high:
+                x[r] -= f * x[col]
+    if not low > 1e-14 * high:
         return False
     for col in range(n - 1, -1, -1):
-        for j in range(m):
-            s = x[col, j]
-            for c in range(col + 1, n):
-                s -= a[col, c] * x[c, j]
-            x[col, j] = s / a[col, col]
-            if not math.isfinite(x[col, j]):
-                return False
+        s = x[col]
+        for c in range(col + 1, n):
+            s -= a[col, c] * x[c]
+        x[col] = s / a[col, col]
+        if not math.isfinite(x[col]):
+            return False
     return True
-
-
-@njit(cache=True)
-def lu_solve(a: np.ndarray, x: np.ndarray, n: int) -> bool:
-    """Solve ``a[:n, :n] z = x[:n]`` in place (x ← z; a destroyed; x contiguous), :func:`lu_solve_columns` for one
-    right-hand side; False if a pivot is below 1e-14 of the largest (numerically singular) or z is not finite."""
-    return lu_solve_columns(a, x.reshape((x.shape[0], 1)), n, 1e-14)
 
 
 @njit(cache=True)
